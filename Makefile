@@ -1,0 +1,47 @@
+# `make repro` runs the pipeline, `make test` the test suite; both create .venv on first use.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+PORT ?= 5000
+STORE := sqlite:///$(CURDIR)/mlflow.db
+export PATH := $(BIN):$(PATH)
+
+.PHONY: install install-dev repro test test-slow ui server bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Re-installs only when the dependency pins change.
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+repro: install
+	dvc repro
+
+test: install-dev
+	pytest
+
+test-slow: install-dev
+	pytest -m slow
+
+ui: install
+	mlflow ui --backend-store-uri $(STORE) --default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(PORT)
+
+server: install
+	mlflow server --backend-store-uri $(STORE) --artifacts-destination $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(PORT)
+
+bench: install
+	python benchmarks/epoch_speed.py --model mlp
+	python benchmarks/epoch_speed.py --model cnn --epochs 2
+
+clean:
+	rm -rf logs dvc_plots

@@ -1,0 +1,38 @@
+"""Checkpoints that carry their resolved config, so they restore into the same network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+CONFIG_KEY = "nnlab_config"
+
+
+class ConfigInCheckpoint(L.Callback):
+    """Stores the resolved config in every checkpoint Lightning writes."""
+
+    def __init__(self, config: dict):
+        self.config = config
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        checkpoint[CONFIG_KEY] = self.config
+
+
+def load_network(path: str | Path) -> tuple[nn.Module, DictConfig]:
+    """(network with the checkpoint's weights, in eval mode; the config it was trained with)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if CONFIG_KEY not in state:
+        raise ValueError(f"{path} was not written by nnlab (no {CONFIG_KEY} inside)")
+    cfg = OmegaConf.create(state[CONFIG_KEY])
+    net = instantiate(cfg.model)
+    weights = {k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")}
+    net.load_state_dict(weights)
+    return net.eval(), cfg

@@ -1,0 +1,336 @@
+"""Dataclass schemas for every config group, and a validator with one-line errors.
+
+Hydra composes plain YAML; ``validate(cfg)`` then checks each group against the schema of
+its ``_target_`` (unknown keys, wrong types) and each schema's ``__post_init__`` checks the
+values. Every failure is a ``ConfigError`` whose message is one line naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from nnlab.models.networks import ACTIVATIONS
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
+class ConfigError(ValueError):
+    """A config value that is unknown, of the wrong type or impossible (one-line message)."""
+
+
+def _check(ok: bool, key: str, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {allowed}")
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _check(value is None or value > 0, name, f"must be > 0, got {value}")
+
+
+def _fraction(obj: Any, *names: str, upper_open: bool = True) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        ok = 0 <= value < 1 if upper_open else 0 <= value <= 1
+        _check(ok, name, f"must be in [0, 1{')' if upper_open else ']'}, got {value}")
+
+
+# ---------------------------------------------------------------- data
+@dataclass
+class MNISTData:
+    _target_: str = "nnlab.data.modules.MNISTDataModule"
+    data_dir: str = "data/mnist"
+    input_shape: list[int] = field(default_factory=lambda: [1, 28, 28])
+    num_classes: int = 10
+    batch_size: int = 64
+    eval_batch_size: int = 1000
+    seed: int = 0
+    mean: float = 0.1307
+    std: float = 0.3081
+
+    def __post_init__(self):
+        _positive(self, "batch_size", "eval_batch_size", "num_classes", "std")
+
+
+@dataclass
+class BlobsData:
+    _target_: str = "nnlab.data.modules.BlobsDataModule"
+    data_dir: str = "data/blobs"
+    input_shape: list[int] = field(default_factory=lambda: [2])
+    num_classes: int = 3
+    batch_size: int = 32
+    eval_batch_size: int = 1000
+    seed: int = 0
+
+    def __post_init__(self):
+        _positive(self, "batch_size", "eval_batch_size", "num_classes")
+
+
+# ---------------------------------------------------------------- models
+@dataclass
+class LinearModel:
+    _target_: str = "nnlab.models.networks.LinearClassifier"
+    input_shape: list[int] = field(default_factory=lambda: [1, 28, 28])
+    num_classes: int = 10
+
+    def __post_init__(self):
+        _positive(self, "num_classes")
+        _check(all(d > 0 for d in self.input_shape), "input_shape", "all sizes must be > 0")
+
+
+@dataclass
+class MLPModel(LinearModel):
+    _target_: str = "nnlab.models.networks.MLP"
+    hidden_sizes: list[int] = field(default_factory=lambda: [128, 64])
+    activation: str = "relu"
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(all(h > 0 for h in self.hidden_sizes), "hidden_sizes", f"all sizes must be > 0, got {self.hidden_sizes}")
+        _check(self.activation in ACTIVATIONS, "activation",
+               f"must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        _fraction(self, "dropout")
+
+
+@dataclass
+class CNNModel(LinearModel):
+    _target_: str = "nnlab.models.networks.CNN"
+    channels: list[int] = field(default_factory=lambda: [32, 64])
+    kernel_size: int = 3
+    hidden_size: int = 128
+    conv_dropout: float = 0.25
+    dropout: float = 0.5
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(len(self.input_shape) == 3, "input_shape", "a CNN needs [channels, height, width]")
+        _check(all(c > 0 for c in self.channels), "channels", "all sizes must be > 0")
+        _check(self.kernel_size % 2 == 1 and self.kernel_size > 0, "kernel_size", "must be a positive odd number")
+        _positive(self, "hidden_size")
+        _fraction(self, "conv_dropout", "dropout")
+
+
+# ---------------------------------------------------------------- optimizers
+@dataclass
+class SGDOptimizer:
+    _target_: str = "torch.optim.SGD"
+    _partial_: bool = True
+    lr: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    nesterov: bool = False
+
+    def __post_init__(self):
+        _positive(self, "lr")
+        _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        _fraction(self, "momentum")
+
+
+@dataclass
+class AdamOptimizer:
+    _target_: str = "torch.optim.Adam"
+    _partial_: bool = True
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        _positive(self, "lr", "eps")
+        _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)")
+
+
+@dataclass
+class AdamWOptimizer(AdamOptimizer):
+    _target_: str = "torch.optim.AdamW"
+    weight_decay: float = 0.01
+
+
+@dataclass
+class RMSpropOptimizer:
+    _target_: str = "torch.optim.RMSprop"
+    _partial_: bool = True
+    lr: float = 1e-3
+    alpha: float = 0.9
+    eps: float = 1e-7
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        _positive(self, "lr", "eps")
+        _fraction(self, "alpha", "momentum")
+        _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+
+
+# ---------------------------------------------------------------- schedulers
+@dataclass
+class OneCycleScheduler:
+    _target_: str = "torch.optim.lr_scheduler.OneCycleLR"
+    _partial_: bool = True
+    max_lr: float = 1e-2
+    total_steps: Optional[int] = None  # None: the run's real number of steps
+    pct_start: float = 0.25
+    anneal_strategy: str = "cos"
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+
+    def __post_init__(self):
+        _positive(self, "max_lr", "total_steps", "div_factor", "final_div_factor")
+        _check(0 < self.pct_start < 1, "pct_start", f"must be in (0, 1), got {self.pct_start}")
+        _check(self.anneal_strategy in ("cos", "linear"), "anneal_strategy", "must be one of cos, linear")
+
+
+@dataclass
+class CosineScheduler:
+    _target_: str = "torch.optim.lr_scheduler.CosineAnnealingLR"
+    _partial_: bool = True
+    T_max: Optional[int] = None  # None: the run's real number of steps
+    eta_min: float = 0.0
+
+    def __post_init__(self):
+        _positive(self, "T_max")
+        _check(self.eta_min >= 0, "eta_min", "must be >= 0")
+
+
+# ---------------------------------------------------------------- trainer, logger, paths
+@dataclass
+class TrainerConfig:
+    _target_: str = "lightning.Trainer"
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    strategy: Any = "auto"
+    num_nodes: int = 1
+    precision: Any = "32-true"
+    max_epochs: int = 5
+    deterministic: Any = True
+    gradient_clip_val: Optional[float] = None
+    limit_train_batches: Optional[float] = None
+    limit_val_batches: Optional[float] = None
+    num_sanity_val_steps: int = 0
+    enable_progress_bar: bool = True
+    enable_model_summary: bool = False
+    log_every_n_steps: int = 50
+
+    def __post_init__(self):
+        _check(self.accelerator in ACCELERATORS, "accelerator",
+               f"must be one of {', '.join(ACCELERATORS)}, got {self.accelerator!r}")
+        _positive(self, "max_epochs", "num_nodes", "log_every_n_steps", "limit_train_batches")
+        _check(self.deterministic in (True, False, "warn"), "deterministic", "must be true, false or warn")
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: Optional[str] = None  # None: MLFLOW_TRACKING_URI, else sqlite at the repository root
+    experiment_name: str = "nnlab"
+
+
+@dataclass
+class LoggerConfig:
+    mlflow: Optional[MlflowConfig] = None
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = "."
+    data_dir: str = "data"
+    models_dir: str = "models"
+    metrics_dir: str = "metrics"
+    plots_dir: str = "plots"
+    reports_dir: str = "reports"
+    log_dir: str = "logs"
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "data": {s._target_: s for s in (MNISTData, BlobsData)},
+    "model": {s._target_: s for s in (LinearModel, MLPModel, CNNModel)},
+    "optimizer": {s._target_: s for s in (SGDOptimizer, AdamOptimizer, AdamWOptimizer, RMSpropOptimizer)},
+    "scheduler": {s._target_: s for s in (OneCycleScheduler, CosineScheduler)},
+    "trainer": {TrainerConfig._target_: TrainerConfig},
+}
+PLAIN_GROUPS = {"logger": LoggerConfig, "paths": PathsConfig}
+
+
+@dataclass
+class RootConfig:
+    name: str = "default"
+    seed: int = 42
+    label_smoothing: float = 0.0
+    test_after_fit: bool = True
+    reference: Optional[str] = None
+
+    def __post_init__(self):
+        _fraction(self, "label_smoothing")
+
+
+GROUPS = tuple(SCHEMAS) + tuple(PLAIN_GROUPS)
+
+
+def _allowed(schema: type) -> str:
+    return ", ".join(f.name for f in fields(schema) if f.name not in ("_target_", "_partial_"))
+
+
+def _schema_for(group: str, node: Any) -> type | None:
+    if group in PLAIN_GROUPS:
+        return PLAIN_GROUPS[group]
+    if node is None or (isinstance(node, DictConfig) and len(node) == 0):
+        if group == "scheduler":
+            return None  # scheduler=none
+        raise ConfigError(f"{group}: missing; choose one of the configs in conf/{group}/")
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    known = SCHEMAS[group]
+    _check(target in known, f"{group}._target_", f"must be one of {', '.join(known)}, got {target!r}")
+    return known[target]
+
+
+def _convert(prefix: str, schema: type, node: Any) -> Any:
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        return OmegaConf.to_object(merged)
+    except ConfigError as exc:
+        raise ConfigError(f"{prefix}.{exc}") from None
+    except ConfigKeyError as exc:
+        key = exc.full_key or exc.key
+        raise ConfigError(f"{prefix}.{key}: unknown key; allowed: {_allowed(schema)}") from None
+    except ValidationError as exc:
+        key = exc.full_key or exc.key
+        raise ConfigError(f"{prefix}.{key}: {str(exc.msg).splitlines()[0]}") from None
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{prefix}: {str(exc).splitlines()[0]}") from None
+
+
+def validate(cfg: DictConfig) -> dict[str, Any]:
+    """The checked groups as dataclass objects; raises ConfigError with a one-line message."""
+    allowed_top = {f.name for f in fields(RootConfig)} | set(GROUPS)
+    unknown = sorted(set(cfg.keys()) - allowed_top)
+    _check(not unknown, str(unknown[0]) if unknown else "", f"unknown key; allowed: {', '.join(sorted(allowed_top))}")
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{getattr(exc, 'full_key', '')}: {str(exc).splitlines()[0]}") from None
+    node = OmegaConf.create(resolved)
+    out: dict[str, Any] = {}
+    for group in GROUPS:
+        schema = _schema_for(group, node.get(group))
+        out[group] = _convert(group, schema, node[group]) if schema else None
+    top = {k: v for k, v in node.items() if k not in GROUPS}
+    out["root"] = _convert("config", RootConfig, OmegaConf.create(top))
+    return out
+
+
+def allowed_keys(full_key: str, cfg: DictConfig) -> str:
+    """What may stand at ``full_key`` (for Hydra's own override errors)."""
+    group = full_key.split(".")[0]
+    if group not in GROUPS:
+        return ", ".join(sorted({f.name for f in fields(RootConfig)} | set(GROUPS)))
+    try:
+        schema = _schema_for(group, cfg.get(group))
+    except ConfigError:
+        return "see conf/" + group
+    return _allowed(schema) if schema else "(none)"

@@ -1,0 +1,1 @@
+"""Data sources, the canonical on-disk form and in-memory data modules."""

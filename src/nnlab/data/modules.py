@@ -1,0 +1,119 @@
+"""Lightning data modules that hold prepared tensors in memory and batch them by index.
+
+No per-sample transforms and no per-sample collate: a batch is one fancy-indexing of a
+tensor, which keeps a small MLP epoch close to a plain PyTorch loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+from nnlab.data import blobs, mnist
+
+
+class TensorBatches:
+    """Mini-batches of (x, y) by index; reshuffled each pass with a seeded generator.
+
+    ``rank``/``world_size`` give each DDP process its own equal-sized share.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = False,
+                 seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.x, self.y = x, y
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.passes = 0
+
+    def _indices(self) -> torch.Tensor:
+        n = len(self.y)
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed + self.passes)
+            order = torch.randperm(n, generator=gen)
+        else:
+            order = torch.arange(n)
+        per_rank = n // self.world_size if self.world_size > 1 else n
+        return order[self.rank :: self.world_size][:per_rank]
+
+    def __len__(self) -> int:
+        per_rank = len(self.y) // self.world_size if self.world_size > 1 else len(self.y)
+        return -(-per_rank // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self._indices()
+        self.passes += 1
+        if not self.shuffle and self.world_size == 1:  # contiguous slices, no copy
+            for start in range(0, len(order), self.batch_size):
+                yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
+            return
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            yield self.x[batch], self.y[batch]
+
+
+class TensorDataModule(L.LightningDataModule):
+    """Base: subclasses implement ``load()`` returning float inputs and int labels per split."""
+
+    def __init__(self, data_dir: str, input_shape: Sequence[int], num_classes: int,
+                 batch_size: int = 64, eval_batch_size: int = 1000, seed: int = 0):
+        super().__init__()
+        self.data_dir = Path(data_dir)
+        self.input_shape = tuple(input_shape)
+        self.num_classes = num_classes
+        self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def load(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        raise NotImplementedError
+
+    def to_inputs(self, x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(x, dtype=np.float32))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        for split, (x, y) in self.load().items():
+            inputs = self.to_inputs(x).reshape(-1, *self.input_shape)
+            self.splits[split] = (inputs, torch.from_numpy(np.asarray(y, dtype=np.int64)))
+
+    def _batches(self, split: str, train: bool = False) -> TensorBatches:
+        x, y = self.splits[split]
+        if not train:
+            return TensorBatches(x, y, self.eval_batch_size)
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        return TensorBatches(x, y, self.batch_size, shuffle=True, seed=self.seed, rank=rank, world_size=world)
+
+    def train_dataloader(self) -> TensorBatches:
+        return self._batches("train", train=True)
+
+    def val_dataloader(self) -> TensorBatches:
+        return self._batches("val")
+
+    def test_dataloader(self) -> TensorBatches:
+        return self._batches("test")
+
+
+class MNISTDataModule(TensorDataModule):
+    """MNIST from the canonical form: pixels scaled to [0, 1], then (x - mean) / std."""
+
+    def __init__(self, *args, mean: float = 0.1307, std: float = 0.3081, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.mean, self.std = mean, std
+
+    def load(self):
+        return mnist.load(self.data_dir)
+
+    def to_inputs(self, x: np.ndarray) -> torch.Tensor:
+        return (torch.from_numpy(np.asarray(x)).float().div_(255.0) - self.mean) / self.std
+
+
+class BlobsDataModule(TensorDataModule):
+    """The standardised 2-D blobs; its validation split doubles as the test split."""
+
+    def load(self):
+        return blobs.load(self.data_dir)

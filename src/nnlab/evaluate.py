@@ -1,0 +1,92 @@
+"""Stage evaluate: score an experiment's best checkpoint on the held-out test split.
+
+``python -m nnlab.evaluate experiment=mnist_cnn``. For MNIST that is the official 10,000
+test images; for blobs its validation split. Writes metrics/<name>/test.json, the confusion
+matrix as DVC plot data (plots/<name>/confusion.csv) and as a PNG, and a PNG grid of
+predictions; logs the same to the experiment's MLflow run.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from nnlab import cli, evaluation, plots
+from nnlab.checkpoint import load_network
+from nnlab.config import ConfigError, validate
+from nnlab.reporting import console, read_json, write_json
+from nnlab.tracking.mlflow_run import existing_run
+
+
+def write_confusion_csv(path: Path, actual: np.ndarray, predicted: np.ndarray) -> None:
+    """One row per test sample: the form `dvc plots` draws as a confusion matrix."""
+    with Path(path).open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["actual", "predicted"])
+        writer.writerows(zip(actual.tolist(), predicted.tolist()))
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    validate(cfg)
+    name = cfg.name
+    models, metrics_dir, plots_dir = (Path(cfg.paths[k]) / name for k in ("models_dir", "metrics_dir", "plots_dir"))
+    net, _ = load_network(models / "best.ckpt")
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("test")
+    x, y = datamodule.splits["test"]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    result = evaluation.score(evaluation.predict_logits(net.to(device), x.to(device)).cpu(), y, cfg.data.num_classes)
+    actual, predicted = y.numpy(), result.pop("predicted")
+    counts = result.pop("confusion")
+    metrics = {"test_loss": round(result["loss"], 6), "test_acc": round(result["accuracy"], 6), "n": result["n"],
+               "per_class_accuracy": result["per_class_accuracy"]}
+    write_json(metrics_dir / "test.json", metrics)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    write_confusion_csv(plots_dir / "confusion.csv", actual, predicted)
+    pngs = [plots.confusion_matrix(counts, plots_dir / "confusion.png", f"{name}: test confusion")]
+    if x.ndim == 4:
+        images = datamodule.load()["test"][0]  # raw pixels, not normalised
+        pngs.append(plots.prediction_grid(images, actual, predicted, plots_dir / "predictions.png", name))
+    else:
+        pngs.append(plots.scatter_predictions(x.numpy(), actual, predicted, plots_dir / "predictions.png", name))
+    _log_to_run(cfg, models, metrics, pngs + [metrics_dir / "test.json"])
+    console.print(f"[bold]{name}[/]: test accuracy {metrics['test_acc']:.4f}, loss {metrics['test_loss']:.4f} "
+                  f"on {metrics['n']} samples -> {metrics_dir / 'test.json'}")
+    return metrics
+
+
+def _log_to_run(cfg: DictConfig, models: Path, metrics: dict, artifacts: list[Path]) -> None:
+    """Add the test results to the MLflow run that trained this checkpoint, if there is one."""
+    mlflow_cfg = cfg.logger.get("mlflow")
+    if not mlflow_cfg or not (models / "run.json").is_file():
+        return
+    run = existing_run(read_json(models / "run.json")["mlflow_run_id"], Path(cfg.paths.root_dir),
+                       mlflow_cfg.tracking_uri)
+    per_class = {f"test_acc_class_{c}": v for c, v in metrics["per_class_accuracy"].items()}
+    run.log_metrics({"test_loss": metrics["test_loss"], "test_acc": metrics["test_acc"], **per_class})
+    for path in artifacts:
+        run.log_artifact(path, "evaluation")
+
+
+@hydra.main(version_base="1.3", config_path=str(cli.CONF_DIR), config_name="train")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        evaluate(cfg)
+    except ConfigError as exc:
+        cli.fail("nnlab.evaluate", f"config: {exc}")
+    except FileNotFoundError as exc:
+        cli.fail("nnlab.evaluate", f"{exc} (train it first: dvc repro train@{cfg.name})")
+
+
+def main() -> None:
+    cli.run_main("nnlab.evaluate", _hydra_main)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Per-epoch history of a training run: one row per epoch, written to CSV and to sinks."""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+
+COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
+           "epoch_seconds", "train_seconds", "samples_per_second")
+
+
+class EpochHistory(L.Callback):
+    """Collects train/val loss and accuracy, learning rate and timings once per epoch."""
+
+    def __init__(self, sinks: list[Callable[[dict], None]] | None = None):
+        self.rows: list[dict] = []
+        self.sinks = sinks or []
+        self._epoch_start = self._train_end = 0.0
+        self._samples = 0
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._epoch_start, self._train_end, self._samples = time.perf_counter(), 0.0, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._samples += len(batch[1])
+
+    def on_validation_start(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self._train_end = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if not trainer.is_global_zero:
+            return
+        now = time.perf_counter()
+        train_seconds = (self._train_end or now) - self._epoch_start
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        # Callbacks run before the LightningModule's own on_train_epoch_end, where it logs
+        # the training metrics: ask the module for them when it can tell.
+        if hasattr(pl_module, "epoch_metrics"):
+            metrics.update({k: float(v) for k, v in pl_module.epoch_metrics("train").items()})
+        row = {
+            "epoch": trainer.current_epoch + 1,
+            "train_loss": metrics.get("train/loss"),
+            "train_acc": metrics.get("train/acc"),
+            "val_loss": metrics.get("val/loss"),
+            "val_acc": metrics.get("val/acc"),
+            "lr": trainer.optimizers[0].param_groups[0]["lr"],
+            "epoch_seconds": now - self._epoch_start,
+            "train_seconds": train_seconds,
+            # samples seen by this process times the number of processes
+            "samples_per_second": self._samples * trainer.world_size / max(train_seconds, 1e-9),
+        }
+        self.rows.append(row)
+        for sink in self.sinks:
+            sink(row)
+
+    def best(self) -> dict:
+        """The epoch the checkpoint keeps: lowest validation loss."""
+        scored = [r for r in self.rows if r["val_loss"] is not None]
+        return min(scored, key=lambda r: r["val_loss"]) if scored else {}
+
+    def write_csv(self, path: Path) -> None:
+        write_rows(path, self.rows, COLUMNS)
+
+
+def write_rows(path: Path, rows: list[dict], columns) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _fmt(row.get(k)) for k in columns})
+
+
+def _fmt(value):
+    return f"{value:.6g}" if isinstance(value, float) else value

@@ -1,0 +1,99 @@
+"""Plain PyTorch networks. They know nothing of Lightning, DVC or MLflow."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def _flat_dim(input_shape: Sequence[int]) -> int:
+    return math.prod(input_shape)
+
+
+class LinearClassifier(nn.Module):
+    """One affine map from the flattened input to the class logits (logistic regression)."""
+
+    def __init__(self, input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(_flat_dim(input_shape), num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class MLP(nn.Module):
+    """Fully connected layers with one activation between them and optional dropout."""
+
+    def __init__(
+        self,
+        input_shape: Sequence[int] = (1, 28, 28),
+        num_classes: int = 10,
+        hidden_sizes: Sequence[int] = (128, 64),
+        activation: str = "relu",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = _flat_dim(input_shape)
+        for size in hidden_sizes:
+            layers += [nn.Linear(width, size), ACTIVATIONS[activation]()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = size
+        layers.append(nn.Linear(width, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CNN(nn.Module):
+    """Two conv/ReLU/max-pool blocks, then a hidden dense layer.
+
+    The defaults are reference experiment E3: conv 1→32 and 32→64 (3×3, padding 1),
+    dropout 0.25, dense 3136→128, dropout 0.5, dense 128→10: 421,642 parameters.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int] = (1, 28, 28),
+        num_classes: int = 10,
+        channels: Sequence[int] = (32, 64),
+        kernel_size: int = 3,
+        hidden_size: int = 128,
+        conv_dropout: float = 0.25,
+        dropout: float = 0.5,
+    ):
+        super().__init__()
+        in_ch, height, width = input_shape
+        blocks: list[nn.Module] = []
+        for out_ch in channels:
+            blocks += [
+                nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
+            in_ch, height, width = out_ch, height // 2, width // 2
+        self.features = nn.Sequential(*blocks)
+        self.classifier = nn.Sequential(
+            nn.Dropout(conv_dropout),
+            nn.Flatten(),
+            nn.Linear(in_ch * height * width, hidden_size),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_size, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))

@@ -1,0 +1,17 @@
+"""The published figures of the reference experiments (shared/seed-experiments.md)."""
+
+from __future__ import annotations
+
+# id: (what it is, published test accuracy or None when the text gives no figure)
+REFERENCES: dict[str, tuple[str, float | None]] = {
+    "E1": ("MLP 784-128-64-10 ReLU, SGD lr 0.1, batch 64, 5 epochs", None),
+    "E2": ("MLP 784-128-64-10 ReLU, Adam, batch 64, 10 epochs", 0.9692),
+    "E3": ("CNN conv32-conv64-fc128, Adam, batch 64, 10 epochs", 0.9868),
+    "E4": ("NumPy MLP 784-128-64-10 sigmoid, per-sample SGD", 0.95),
+    "E5": ("blobs, linear 2-3, full-batch SGD lr 0.01, 1000 epochs (validation accuracy)", 1.0),
+    "E6": ("MLP 784-512-10 ReLU, RMSprop, batch 128, 5 epochs (commonly ~98 %)", None),
+}
+
+
+def published_accuracy(ref: str | None) -> float | None:
+    return REFERENCES.get(ref, ("", None))[1] if ref else None

@@ -1,0 +1,116 @@
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from nnlab.checkpoint import load_network
+from nnlab.evaluate import evaluate
+from nnlab.train import train
+
+from conftest import REPO, venv_env
+
+
+def _store(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def _runs(uri: str):
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("nnlab")
+    return client, client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+@pytest.mark.parametrize("model", ["linear", "mlp", "cnn"])
+def test_training_smoke_writes_outputs_and_tracks_the_run(compose, project, tmp_path, model):
+    uri = _store(tmp_path)
+    cfg = compose("data=mnist", f"model={model}", f"name=smoke_{model}", "optimizer.lr=0.003",
+                  "trainer.max_epochs=3", f"logger.mlflow.tracking_uri={uri}")
+    summary = train(cfg)
+
+    assert summary["epochs"] == 3 and summary["test_acc"] > 0.8  # chance is 0.1
+    assert (project / "models" / f"smoke_{model}" / "best.ckpt").is_file()
+    assert json.loads((project / "metrics" / f"smoke_{model}" / "train.json").read_text())["parameters"] > 0
+    with (project / "plots" / f"smoke_{model}" / "history.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert all(float(r["epoch_seconds"]) > 0 and float(r["samples_per_second"]) > 0 for r in rows)
+
+    client, runs = _runs(uri)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.info.run_name == f"smoke_{model}"
+    assert run.data.params["optimizer.lr"] == "0.003"
+    assert run.data.params["parameters"] == str(summary["parameters"])
+    assert not any("_target_" in key for key in run.data.params)
+    assert run.data.tags["experiment"] == f"smoke_{model}" and run.data.tags["data"] == "mnist"
+    history = client.get_metric_history(run.info.run_id, "val_acc")
+    assert [m.step for m in history] == [1, 2, 3]
+    assert run.data.metrics["test_acc"] == pytest.approx(summary["test_acc"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "history.csv", "curves.png", "train.json", "checkpoint"} <= artifacts
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/best.ckpt"]
+
+
+def test_checkpoint_restores_into_the_same_network_and_evaluate_agrees(compose, project, tmp_path):
+    uri = _store(tmp_path)
+    cfg = compose("experiment=mnist_mlp", "trainer.max_epochs=2", f"logger.mlflow.tracking_uri={uri}")
+    summary = train(cfg)
+    net, saved_cfg = load_network(project / "models" / "mnist_mlp" / "best.ckpt")
+    assert saved_cfg.model.hidden_sizes == [128, 64]
+    assert sum(p.numel() for p in net.parameters()) == summary["parameters"]
+
+    metrics = evaluate(cfg)
+    assert metrics["test_acc"] == pytest.approx(summary["test_acc"], abs=1e-6)
+    assert set(metrics["per_class_accuracy"]) == {str(c) for c in range(10)}
+    with (project / "plots" / "mnist_mlp" / "confusion.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 200 and set(rows[0]) == {"actual", "predicted"}
+    correct = sum(r["actual"] == r["predicted"] for r in rows) / len(rows)
+    assert correct == pytest.approx(metrics["test_acc"])
+    for png in ("confusion.png", "predictions.png"):
+        assert (project / "plots" / "mnist_mlp" / png).read_bytes()[:4] == b"\x89PNG"
+    client, runs = _runs(uri)
+    assert runs[0].data.metrics["test_acc_class_3"] == metrics["per_class_accuracy"]["3"]
+    assert {a.path for a in client.list_artifacts(runs[0].info.run_id, "evaluation")} >= {
+        "evaluation/confusion.png", "evaluation/predictions.png", "evaluation/test.json"}
+
+
+def test_blobs_linear_reaches_full_validation_accuracy(compose, project):
+    summary = train(compose("experiment=blobs_linear", "logger=none"))
+    assert summary["best_val_acc"] == 1.0 and summary["test_acc"] == 1.0
+
+
+def test_same_seed_same_metrics(compose, project):
+    first = train(compose("experiment=mnist_cnn", "model.channels=[8,16]", "trainer.max_epochs=2", "logger=none"))
+    second = train(compose("experiment=mnist_cnn", "model.channels=[8,16]", "trainer.max_epochs=2", "logger=none"))
+    for key in ("best_val_acc", "best_val_loss", "test_acc", "test_loss"):
+        assert first[key] == second[key], key
+
+
+def test_a_crashing_run_ends_failed_with_the_error(compose, project, tmp_path):
+    uri = _store(tmp_path)
+    cfg = compose("data=mnist", "model=linear", "data.data_dir=/nonexistent/mnist", f"logger.mlflow.tracking_uri={uri}")
+    with pytest.raises(Exception, match="no prepared MNIST"):
+        train(cfg)
+    _, runs = _runs(uri)
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert "no prepared MNIST in /nonexistent/mnist" in runs[0].data.tags["error"]
+
+
+def test_multirun_sweep_tracks_every_job(project, tmp_path):
+    uri = _store(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "nnlab.train", "-m", "experiment=blobs_linear", "optimizer.lr=0.01,0.1",
+         "trainer.max_epochs=3", "trainer=cpu", f"logger.mlflow.tracking_uri={uri}"],
+        capture_output=True, text=True, env=venv_env(NNLAB_ROOT=str(project)), timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    _, runs = _runs(uri)
+    assert sorted(r.data.params["optimizer.lr"] for r in runs) == ["0.01", "0.1"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    # sweep jobs write into their own folders, not over the canonical outputs
+    assert not (project / "models" / "blobs_linear").exists()
+    assert len(list((project / "logs" / "multirun").rglob("best.ckpt"))) == 2
