@@ -211,8 +211,8 @@ class TrainerConfig:
     max_epochs: int = 5
     deterministic: Any = True
     gradient_clip_val: Optional[float] = None
-    limit_train_batches: Optional[float] = None
-    limit_val_batches: Optional[float] = None
+    limit_train_batches: Any = None  # a fraction (0.05) or a number of batches (20)
+    limit_val_batches: Any = None
     num_sanity_val_steps: int = 0
     enable_progress_bar: bool = True
     enable_model_summary: bool = False
@@ -222,6 +222,10 @@ class TrainerConfig:
         _check(self.accelerator in ACCELERATORS, "accelerator",
                f"must be one of {', '.join(ACCELERATORS)}, got {self.accelerator!r}")
         _positive(self, "max_epochs", "num_nodes", "log_every_n_steps", "limit_train_batches")
+        for name in ("limit_train_batches", "limit_val_batches"):
+            value = getattr(self, name)
+            _check(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0),
+                   name, f"must be a fraction (0.1) or a number of batches (20), got {value!r}")
         _check(self.deterministic in (True, False, "warn"), "deterministic", "must be true, false or warn")
 
 

@@ -7,7 +7,7 @@ plots/<name>/history.csv and curves.png, and one MLflow run.
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import time
 import warnings
@@ -150,7 +150,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
             for path in (out.plots / "history.csv", out.plots / "curves.png", out.metrics / "train.json"):
                 run.log_artifact(path)
             run.log_artifact(checkpoint.best_model_path, "checkpoint")
-    print_summary(summary, {"checkpoint": checkpoint.best_model_path, "metrics": out.metrics / "train.json",
+    print_summary(summary, {"accelerator": f"{trainer.accelerator.__class__.__name__} x {trainer.num_devices}",
+                            "checkpoint": checkpoint.best_model_path, "metrics": out.metrics / "train.json",
                             "history": out.plots / "history.csv",
                             "mlflow run": run.run_id if mlflow_cfg else "(logger=none)"})
     return summary
@@ -166,6 +167,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    # Lightning's start-up chatter (device lines, tips); the summary says which device ran.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     cli.run_main("nnlab.train", _hydra_main)
 
 
