@@ -101,16 +101,25 @@ def test_a_crashing_run_ends_failed_with_the_error(compose, project, tmp_path):
     assert "no prepared MNIST in /nonexistent/mnist" in runs[0].data.tags["error"]
 
 
-def test_multirun_sweep_tracks_every_job(project, tmp_path):
+def test_multirun_sweep_is_one_parent_run_with_a_child_per_job(project, tmp_path):
     uri = _store(tmp_path)
     result = subprocess.run(
-        [sys.executable, "-m", "nnlab.train", "-m", "experiment=blobs_linear", "optimizer.lr=0.01,0.1",
-         "trainer.max_epochs=3", "trainer=cpu", f"logger.mlflow.tracking_uri={uri}"],
+        [sys.executable, "-m", "nnlab.train", "-m", "experiment=blobs_linear", "optimizer.lr=0.001,0.1",
+         "trainer.max_epochs=3", "trainer=cpu", "logger.mlflow.log_model=false", f"logger.mlflow.tracking_uri={uri}"],
         capture_output=True, text=True, env=venv_env(NNLAB_ROOT=str(project)), timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
     _, runs = _runs(uri)
-    assert sorted(r.data.params["optimizer.lr"] for r in runs) == ["0.01", "0.1"]
+    parents = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.params["optimizer.lr"] for r in children) == ["0.001", "0.1"]
+    assert sorted(r.data.tags["sweep_job"] for r in children) == ["0", "1"]
     assert all(r.info.status == "FINISHED" for r in runs)
+    best = max(children, key=lambda r: r.data.metrics["best_val_acc"])
+    assert parent.data.tags["best_child"] == best.info.run_id
+    assert parent.data.metrics["best_child_val_acc"] == best.data.metrics["best_val_acc"]
+    assert "optimizer.lr=0.001,0.1" in parent.data.params["sweep_overrides"]
     # sweep jobs write into their own folders, not over the canonical outputs
     assert not (project / "models" / "blobs_linear").exists()
     assert len(list((project / "logs" / "multirun").rglob("best.ckpt"))) == 2

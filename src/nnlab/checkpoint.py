@@ -36,3 +36,23 @@ def load_network(path: str | Path) -> tuple[nn.Module, DictConfig]:
     weights = {k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")}
     net.load_state_dict(weights)
     return net.eval(), cfg
+
+
+class Standardize(nn.Module):
+    """(x - mean) / std as the first layer, so a deployed model takes raw [0, 1] pixels."""
+
+    def __init__(self, mean: float, std: float):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def deployable(net: nn.Module, cfg: DictConfig) -> nn.Module:
+    """The network with the data's input scaling built in: MNIST takes (n, 1, 28, 28) pixels in
+    [0, 1]; blobs take (n, 2) points already standardised like data/blobs/. Outputs logits."""
+    if "mean" in cfg.data and "std" in cfg.data:
+        return nn.Sequential(Standardize(cfg.data.mean, cfg.data.std), net).eval()
+    return net.eval()

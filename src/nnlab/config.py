@@ -233,6 +233,12 @@ class TrainerConfig:
 class MlflowConfig:
     tracking_uri: Optional[str] = None  # None: MLFLOW_TRACKING_URI, else sqlite at the repository root
     experiment_name: str = "nnlab"
+    log_model: bool = True  # mlflow.pytorch.log_model, loadable with mlflow.pyfunc.load_model
+    serialization_format: str = "pt2"  # pt2 (torch.export) | pickle (faster to write)
+    register: bool = False  # register the model per experiment; best test accuracy = @champion
+
+    def __post_init__(self):
+        _check(self.serialization_format in ("pt2", "pickle"), "serialization_format", "must be pt2 or pickle")
 
 
 @dataclass

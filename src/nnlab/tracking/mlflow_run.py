@@ -9,7 +9,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
@@ -63,14 +65,56 @@ class Run:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
 
-def _experiment_id(client: MlflowClient, name: str, root: Path, uri: str) -> str:
+    def log_model(self, model, input_example: np.ndarray, serialization_format: str = "pt2") -> str:
+        """Log a torch model as this run's ``model``; returns its models:/ URI.
+
+        The fluent API creates the logged model in the *active* experiment, so point it at ours.
+        Explicit requirements: inferring them costs seconds per run."""
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import infer_signature
+
+        mlflow.set_tracking_uri(self.client.tracking_uri)
+        mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
+        with torch.no_grad():
+            output = model(torch.from_numpy(input_example)).numpy()
+        info = mlflow.pytorch.log_model(
+            model, name="model", input_example=input_example, signature=infer_signature(input_example, output),
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+            serialization_format=serialization_format, run_id=self.run_id)
+        return info.model_uri
+
+    def register_champion(self, model_name: str, metric: str = "test_acc") -> int:
+        """Register this run's model under ``model_name``; give the alias ``champion`` to the
+        version whose run has the best ``metric``. Returns the new version number."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.client.tracking_uri)
+        version = mlflow.register_model(f"runs:/{self.run_id}/model", model_name)
+        versions = self.client.search_model_versions(f"name='{model_name}'")
+
+        def score(v) -> float:
+            return self.client.get_run(v.run_id).data.metrics.get(metric, float("-inf"))
+
+        best = max(versions, key=lambda v: (score(v), int(v.version)))
+        self.client.set_registered_model_alias(model_name, "champion", best.version)
+        return int(version.version)
+
+
+def experiment_id(client: MlflowClient, name: str, root: Path, uri: str) -> str:
+    """The experiment's id, creating it when missing (tolerating a parallel job creating it too)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     # A local store keeps its artifacts beside it; a server decides for itself.
     location = (Path(root) / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        return client.get_experiment_by_name(name).experiment_id
 
 
 @contextmanager
@@ -79,8 +123,8 @@ def open_run(experiment: str, run_name: str, root: Path, tracking_uri: str | Non
     """Start a run; end it FINISHED, FAILED (with the error as a tag) or KILLED (Ctrl-C)."""
     uri = resolve_tracking_uri(tracking_uri, root)
     client = MlflowClient(tracking_uri=uri)
-    experiment_id = _experiment_id(client, experiment, root, uri)
-    info = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
+    exp_id = experiment_id(client, experiment, root, uri)
+    info = client.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
     run = Run(client, info.info.run_id)
     try:
         yield run
