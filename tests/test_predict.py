@@ -62,6 +62,11 @@ def shape_set(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+def load_digit_from(image: Image.Image, path) -> np.ndarray:
+    image.save(path)
+    return load_digit(path)
+
+
 def pixels(path) -> int:
     with Image.open(path) as image:
         return image.width * image.height
@@ -175,6 +180,13 @@ def test_a_dark_digit_on_light_paper_is_cropped_scaled_and_centred_like_mnist(tm
     cy, cx = centre_of_mass(a)
     assert abs(cy - 14) <= 1 and abs(cx - 14) <= 1
 
+    wide = Image.new("L", (300, 200), 255)
+    ImageDraw.Draw(wide).ellipse([150, 100, 290, 160], outline=0, width=12)  # a flat ring, bottom right
+    b = load_digit_from(wide, tmp_path / "wide.png")
+    rows, cols = np.nonzero(b > 0.01)
+    assert 19 <= np.ptp(cols) + 1 <= 20 and np.ptp(rows) + 1 < 12
+    assert np.allclose(centre_of_mass(b), (14, 14), atol=1)
+
 
 def test_light_on_dark_and_faint_grey_give_the_same_as_dark_on_light():
     dark_on_light = to_mnist(draw(7, np.random.default_rng(5), ink=0, paper=255))
@@ -223,6 +235,7 @@ def test_files_that_are_not_usable_images_are_refused_with_one_line(tmp_path, mo
 def test_cli_classifies_new_shapes_from_a_checkpoint(root, checkpoint, new_shapes):
     result = cli(root, "--model", checkpoint, *[p for p, _ in new_shapes])
     assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr == ""  # nothing but the answers
     lines = result.stdout.strip().splitlines()
     assert len(lines) == len(new_shapes)
     for line, (path, label) in zip(lines, new_shapes, strict=True):
@@ -291,6 +304,7 @@ def test_cli_with_an_mlflow_run_uri_agrees_with_the_checkpoint(root, checkpoint,
     paths = [p for p, _ in new_shapes]
     result = cli(root, "--model", f"runs:/{run_id}/model", "--json", *paths, MLFLOW_TRACKING_URI=uri)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr == ""  # no download progress bars, no mlflow warnings
     out = json.loads(result.stdout)
     assert [o["label"] for o in out] == [label for _, label in new_shapes]
     expected = reference_probabilities(checkpoint, paths)

@@ -77,7 +77,7 @@ def to_mnist(image: Image.Image, name: str | Path = "image") -> np.ndarray:
 
 def _grey(image: Image.Image) -> np.ndarray:
     """Grey levels in [0, 1]; transparent parts count as white paper."""
-    if False:
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(paper, rgba)

@@ -77,7 +77,8 @@ class Classifier(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         keywords = getattr(self.scheduler_factory, "keywords", {})
-        extra = {k: int(self.trainer.estimated_stepping_batches) for k in _TOTAL_STEPS_ARGS
-                 if k in keywords and keywords[k] is None}
+        # At least 10 steps: one-cycle's warm-up phase must not be empty on a tiny run.
+        total = max(int(self.trainer.estimated_stepping_batches), 10)
+        extra = {k: total for k in _TOTAL_STEPS_ARGS if k in keywords and keywords[k] is None}
         scheduler = self.scheduler_factory(optimizer, **extra)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,198 @@
+"""MLflow records checked through MlflowClient: a SQLite store and a real `mlflow server`."""
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from nnlab.tracking import flatten, open_run
+from nnlab.train import train
+
+from conftest import REPO, venv_env
+
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "samples_per_second")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real MLflow tracking server on a free loopback port."""
+    folder = tmp_path_factory.mktemp("server")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=venv_env())
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/health", timeout=2).read().strip() == b"OK":
+                break
+        except OSError:
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not answer within 120 s")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(params=["sqlite", "server"])
+def store(request, tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}" if request.param == "sqlite" else request.getfixturevalue("server")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # takes precedence over the config
+    return uri
+
+
+def _git_init(root):
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x"]):
+        subprocess.run(cmd, cwd=root, check=True, capture_output=True)
+
+
+def test_a_run_records_everything(compose, project, store, monkeypatch):
+    _git_init(project)
+    monkeypatch.setenv("DVC_STAGE", "train@smoke")
+    name = f"record_{store[:4]}"
+    summary = train(compose("experiment=mnist_mlp", f"name={name}", "trainer.max_epochs=2",
+                            "logger.mlflow.tracking_uri=sqlite:////nonexistent/ignored.db"),
+                    overrides=["trainer.max_epochs=2"])
+    client = MlflowClient(tracking_uri=store)
+    run = client.search_runs([client.get_experiment_by_name("nnlab").experiment_id],
+                             filter_string=f"attributes.run_name = '{name}'")[0]
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    assert run.info.status == "FINISHED"
+    manifest_md5 = hashlib.md5((project / "data" / "mnist" / "manifest.json").read_bytes()).hexdigest()
+    assert {k: tags[k] for k in ("experiment", "data", "model", "data_md5", "accelerator", "dvc_stage")} == {
+        "experiment": name, "data": "mnist", "model": "MLP", "data_md5": manifest_md5, "accelerator": "cpu",
+        "dvc_stage": "train@smoke"}
+    assert len(tags["git_commit"]) == 40 and tags["git_dirty"] in ("True", "False") and tags["device"]
+    assert params["model.class"] == "MLP" and params["model.hidden_sizes"] == "[128, 64]"
+    assert params["parameters"] == "109386" and params["trainer.max_epochs"] == "2"
+    assert not [k for k in params if "_target_" in k or "_partial_" in k]
+    for key in EPOCH_METRICS:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
+    assert metrics["test_acc"] == pytest.approx(summary["test_acc"])
+    assert all(f"test_acc_class_{c}" in metrics for c in range(10))
+
+    def listing(path=None):
+        return {a.path for a in client.list_artifacts(run.info.run_id, path)}
+
+    assert {"config.yaml", "overrides.txt", "model_summary.txt", "history.csv", "curves.png", "train.json",
+            "checkpoint", "evaluation"} <= listing()
+    assert listing("checkpoint") == {"checkpoint/best.ckpt"}
+    assert {"evaluation/confusion.png", "evaluation/predictions.png", "evaluation/test.json"} <= listing("evaluation")
+    summary_text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/model_summary.txt")
+    assert "Total params: 109,386" in summary_text and "(None, 128)" in summary_text
+
+    mlflow.set_tracking_uri(store)
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    images = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
+    assert np.asarray(model.predict(images)).shape == (3, 10)
+
+
+def test_registered_model_champion_is_the_best_test_accuracy(compose, project, tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    weak = train(compose("experiment=mnist_linear", "trainer.max_epochs=1", "optimizer.lr=1e-5",
+                         "logger.mlflow.register=true", "logger.mlflow.serialization_format=pickle"))
+    strong = train(compose("experiment=mnist_linear", "trainer.max_epochs=3",
+                           "logger.mlflow.register=true", "logger.mlflow.serialization_format=pickle"))
+    assert strong["test_acc"] > weak["test_acc"]
+    client = MlflowClient(tracking_uri=uri)
+    champion = client.get_model_version_by_alias("nnlab-mnist_linear", "champion")
+    assert int(champion.version) == 2
+    assert client.get_run(champion.run_id).data.metrics["test_acc"] == pytest.approx(strong["test_acc"])
+    # a third, weaker version does not take the alias
+    train(compose("experiment=mnist_linear", "trainer.max_epochs=1", "optimizer.lr=1e-5",
+                  "logger.mlflow.register=true", "logger.mlflow.serialization_format=pickle"))
+    assert client.get_model_version_by_alias("nnlab-mnist_linear", "champion").version == 2
+
+
+def test_failed_and_interrupted_runs_are_never_left_running(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    with pytest.raises(ZeroDivisionError):
+        with open_run("nnlab", "crash", tmp_path, uri) as run:
+            1 / 0
+    assert client.get_run(run.run_id).info.status == "FAILED"
+    assert client.get_run(run.run_id).data.tags["error"] == "ZeroDivisionError: division by zero"
+    with pytest.raises(KeyboardInterrupt):
+        with open_run("nnlab", "ctrl-c", tmp_path, uri) as run:
+            raise KeyboardInterrupt
+    assert client.get_run(run.run_id).info.status == "KILLED"
+
+
+def test_ctrl_c_during_training_ends_the_run_killed(project, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nnlab.train", "experiment=blobs_linear", "trainer.max_epochs=100000",
+         "trainer=cpu", "trainer.enable_progress_bar=false", f"logger.mlflow.tracking_uri={uri}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=venv_env(NNLAB_ROOT=str(project)),
+        cwd=REPO)
+    client = MlflowClient(tracking_uri=uri)
+    deadline = time.time() + 120
+    run = None
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(1)
+        experiment = client.get_experiment_by_name("nnlab") if (tmp_path / "mlflow.db").exists() else None
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        if runs and client.get_metric_history(runs[0].info.run_id, "val_acc"):
+            run = runs[0]
+            break
+    assert run is not None, "training never logged an epoch"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "nnlab.train: error: interrupted; the MLflow run is marked KILLED"
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
+
+
+@pytest.mark.parametrize("where", ["sqlite", "server"])
+def test_parallel_sweep_jobs_all_complete(project, tmp_path, request, where):
+    """4 jobs at once through the joblib launcher, into a store nobody created beforehand."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}" if where == "sqlite" else request.getfixturevalue("server")
+    result = subprocess.run(
+        [sys.executable, "-m", "nnlab.train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4",
+         "experiment=blobs_linear", f"name=parallel_{where}", "optimizer.lr=0.01,0.02,0.05,0.1",
+         "trainer.max_epochs=2", "trainer=cpu", "trainer.enable_progress_bar=false",
+         "logger.mlflow.log_model=false"],
+        capture_output=True, text=True, env=venv_env(NNLAB_ROOT=str(project), MLFLOW_TRACKING_URI=uri),
+        timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "database is locked" not in result.stderr
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("nnlab").experiment_id],
+                              filter_string=f"tags.experiment = 'parallel_{where}'")
+    parent = next(r for r in runs if r.data.tags.get("sweep") == "parent")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 4
+    assert sorted(r.data.params["optimizer.lr"] for r in children) == ["0.01", "0.02", "0.05", "0.1"]
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert len(client.get_metric_history(child.info.run_id, "val_acc")) == 2
+        assert "test_acc" in child.data.metrics
+    assert parent.info.status == "FINISHED" and parent.data.tags["jobs"] == "4"
+
+
+def test_flatten_drops_hydra_noise_and_caps_length():
+    flat = flatten({"model": {"_target_": "a.b.MLP", "_partial_": True, "sizes": [1, 2]}, "note": "x" * 9000})
+    assert flat == {"model.class": "MLP", "model.sizes": "[1, 2]", "note": "x" * 6000}
