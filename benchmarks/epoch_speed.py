@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 
 from nnlab.cli import compose_config
 from nnlab.history import EpochHistory
-from nnlab.train import build
+from nnlab.train import build_module
 
 
 def plain_loop(net, x, y, batch_size: int, epochs: int, lr: float) -> list[float]:
@@ -42,7 +42,7 @@ def lightning_path(overrides: list[str], epochs: int) -> list[float]:
     cfg = compose_config(overrides + [f"trainer.max_epochs={epochs}", "logger=none",
                                       "trainer.enable_progress_bar=false"])
     L.seed_everything(0, verbose=False)
-    datamodule, module = build(cfg)
+    datamodule, module = instantiate(cfg.data), build_module(cfg)
     history = EpochHistory()
     trainer = instantiate(cfg.trainer, callbacks=[history], logger=False, enable_checkpointing=False)
     trainer.fit(module, datamodule=datamodule)
@@ -59,7 +59,7 @@ def main() -> None:
     overrides = ["data=mnist", f"model={args.model}", "optimizer=adam", "scheduler=none",
                  f"data.batch_size={args.batch_size}", "trainer=cpu"]
     cfg = compose_config(overrides)
-    datamodule, module = build(cfg)
+    datamodule, module = instantiate(cfg.data), build_module(cfg)
     datamodule.setup()
     x, y = datamodule.splits["train"]
     plain = plain_loop(module.net, x, y, args.batch_size, args.epochs, 1e-3)

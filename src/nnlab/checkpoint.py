@@ -4,23 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 CONFIG_KEY = "nnlab_config"
-
-
-class ConfigInCheckpoint(L.Callback):
-    """Stores the resolved config in every checkpoint Lightning writes."""
-
-    def __init__(self, config: dict):
-        self.config = config
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-        checkpoint[CONFIG_KEY] = self.config
 
 
 def load_network(path: str | Path) -> tuple[nn.Module, DictConfig]:

@@ -52,9 +52,11 @@ class MNISTData:
     seed: int = 0
     mean: float = 0.1307
     std: float = 0.3081
+    shift: int = 0  # augmentation: random shifts of up to this many pixels
 
     def __post_init__(self):
         _positive(self, "batch_size", "eval_batch_size", "num_classes", "std")
+        _check(0 <= self.shift <= 8, "shift", f"must be 0-8 pixels, got {self.shift}")
 
 
 @dataclass
@@ -114,6 +116,21 @@ class CNNModel(LinearModel):
         _check(self.kernel_size % 2 == 1 and self.kernel_size > 0, "kernel_size", "must be a positive odd number")
         _positive(self, "hidden_size")
         _fraction(self, "conv_dropout", "dropout")
+
+
+@dataclass
+class NumpyMLPModel(LinearModel):
+    """Reference E4: sigmoid MLP in NumPy, trained with plain SGD (optimizer.lr, data.batch_size)."""
+
+    _target_: str = "nnlab.models.numpy_mlp.NumpyMLP"
+    hidden_sizes: list[int] = field(default_factory=lambda: [128, 64])
+    init: str = "xavier"
+    seed: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(self.init in ("xavier", "normal", "uniform"), "init",
+               f"must be one of xavier, normal, uniform, got {self.init!r}")
 
 
 # ---------------------------------------------------------------- optimizers
@@ -259,7 +276,7 @@ class PathsConfig:
 
 SCHEMAS: dict[str, dict[str, type]] = {
     "data": {s._target_: s for s in (MNISTData, BlobsData)},
-    "model": {s._target_: s for s in (LinearModel, MLPModel, CNNModel)},
+    "model": {s._target_: s for s in (LinearModel, MLPModel, CNNModel, NumpyMLPModel)},
     "optimizer": {s._target_: s for s in (SGDOptimizer, AdamOptimizer, AdamWOptimizer, RMSpropOptimizer)},
     "scheduler": {s._target_: s for s in (OneCycleScheduler, CosineScheduler)},
     "trainer": {TrainerConfig._target_: TrainerConfig},

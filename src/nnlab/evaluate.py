@@ -38,7 +38,7 @@ def evaluate_network(net: nn.Module, datamodule, name: str, metrics_dir: Path, p
     """Score on the test split and write test.json, confusion.csv/.png and predictions.png."""
     datamodule.setup("test")
     x, y = datamodule.splits["test"]
-    device = next(net.parameters()).device
+    device = next(net.parameters(), torch.zeros(0)).device
     result = evaluation.score(evaluation.predict_logits(net, x.to(device)).cpu(), y, datamodule.num_classes)
     actual, predicted, counts = y.numpy(), result.pop("predicted"), result.pop("confusion")
     metrics = {"test_loss": round(result["loss"], 6), "test_acc": round(result["accuracy"], 6), "n": result["n"],

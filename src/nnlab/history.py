@@ -54,6 +54,10 @@ class EpochHistory(L.Callback):
             # samples seen by this process times the number of processes
             "samples_per_second": self._samples * trainer.world_size / max(train_seconds, 1e-9),
         }
+        self.record(row)
+
+    def record(self, row: dict) -> None:
+        """Keep one epoch's row and hand it to the sinks (also used by the NumPy loop)."""
         self.rows.append(row)
         for sink in self.sinks:
             sink(row)

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,16 +26,17 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
-from nnlab import cli, plots, tracking
-from nnlab.checkpoint import ConfigInCheckpoint, deployable
+from nnlab import cli, numpy_train, plots, tracking
+from nnlab.checkpoint import CONFIG_KEY, deployable
 from nnlab.evaluate import evaluate_network, log_test_results
 from nnlab.config import ConfigError, validate
 from nnlab.history import EpochHistory
 from nnlab.models.module import Classifier
 from nnlab.models.networks import count_parameters
 from nnlab.models.summary import format_summary, summarize
-from nnlab.reporting import git_tags, print_summary, write_json
+from nnlab.reporting import git_tags, print_summary, read_json, write_json
 from nnlab.tracking.sweep import sweep_tags
 
 # config.yaml is written into the checkpoint folder before Lightning's first checkpoint.
@@ -64,13 +66,11 @@ class Outputs:
         return self
 
 
-def build(cfg: DictConfig):
-    """(data module, LightningModule) from the config."""
-    datamodule = instantiate(cfg.data)
+def build_module(cfg: DictConfig) -> Classifier:
+    """The LightningModule for the config's network, optimizer and schedule."""
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    module = Classifier(instantiate(cfg.model), instantiate(cfg.optimizer), scheduler,
-                        num_classes=cfg.data.num_classes, label_smoothing=cfg.label_smoothing)
-    return datamodule, module
+    return Classifier(instantiate(cfg.model), instantiate(cfg.optimizer), scheduler,
+                      num_classes=cfg.data.num_classes, label_smoothing=cfg.label_smoothing)
 
 
 def data_md5(data_dir: Path) -> str:
@@ -82,14 +82,14 @@ def data_md5(data_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def _tags(cfg: DictConfig, trainer: L.Trainer) -> dict:
+def _tags(cfg: DictConfig, accelerator: str) -> dict:
     tags = {
         "experiment": cfg.name,
         "data": cfg.data._target_.rsplit(".", 1)[-1].removesuffix("DataModule").lower(),
         "model": cfg.model._target_.rsplit(".", 1)[-1],
         "data_md5": data_md5(Path(cfg.data.data_dir)),
-        "accelerator": type(trainer.accelerator).__name__.removesuffix("Accelerator").lower(),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "accelerator": accelerator,
+        "device": torch.cuda.get_device_name(0) if accelerator == "cuda" else "cpu",
         **git_tags(Path(cfg.paths.root_dir)),
         **sweep_tags(),
     }
@@ -99,20 +99,77 @@ def _tags(cfg: DictConfig, trainer: L.Trainer) -> dict:
     return tags
 
 
-def _trainer(cfg: DictConfig, callbacks: list) -> L.Trainer:
+class ConfigInCheckpoint(L.Callback):
+    """Stores the resolved config in every checkpoint Lightning writes (see checkpoint.load_network)."""
+
+    def __init__(self, config: dict):
+        self.config = config
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        checkpoint[CONFIG_KEY] = self.config
+
+
+@dataclass
+class Fitter:
+    """One way of training: its network before training and a ``fit()`` that returns
+    (the best network as a torch module in eval mode, its checkpoint), or None off rank 0."""
+
+    parameters: int
+    summary_text: str
+    accelerator: str
+    is_global_zero: bool
+    fit: Callable[[], tuple[nn.Module, Path] | None]
+    loggable: bool = True  # mlflow.pytorch.log_model can save it
+
+
+def _lightning_fitter(cfg: DictConfig, resolved: dict, datamodule, history: EpochHistory, out: Outputs) -> Fitter:
+    module = build_module(cfg)
+    # Best by validation loss: it breaks the ties that accuracy has (blobs reach 100 % at once).
+    checkpoint = ModelCheckpoint(dirpath=out.models, filename="best", monitor="val/loss", mode="min",
+                                 save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False)
     if cfg.trainer.deterministic and torch.cuda.is_available():
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    callbacks = [history, checkpoint, ConfigInCheckpoint(resolved)]
     if cfg.trainer.enable_progress_bar:
-        callbacks = [*callbacks, RichProgressBar(refresh_rate=10)]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=False, default_root_dir=cfg.paths.log_dir)
+        callbacks.append(RichProgressBar(refresh_rate=10))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False, default_root_dir=cfg.paths.log_dir)
+
+    def fit():
+        try:
+            trainer.fit(module, datamodule=datamodule)
+        except SystemExit:  # Lightning turns Ctrl-C into exit code 1: keep it an interrupt
+            if trainer.interrupted:
+                raise KeyboardInterrupt("training interrupted") from None
+            raise
+        if not trainer.is_global_zero:
+            return None
+        best = Path(checkpoint.best_model_path)
+        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+        return module.net.cpu().eval(), best
+
+    accelerator = type(trainer.accelerator).__name__.removesuffix("Accelerator").lower()
+    return Fitter(count_parameters(module.net), format_summary(summarize(module.net, cfg.data.input_shape),
+                  type(module.net).__name__), accelerator, trainer.is_global_zero, fit)
 
 
-def _open_run(cfg: DictConfig, trainer: L.Trainer):
+def _numpy_fitter(cfg: DictConfig, datamodule, history: EpochHistory, out: Outputs) -> Fitter:
+    probe = instantiate(cfg.model)
+
+    def fit():
+        mlp, _ = numpy_train.fit(cfg, datamodule, history.record)
+        path = out.models / "best.npz"
+        np.savez(path, **mlp.state_dict())
+        return numpy_train.NumpyAsTorch(mlp), path
+
+    return Fitter(probe.parameter_count(), numpy_train.summary_table(probe), "cpu", True, fit, loggable=False)
+
+
+def _open_run(cfg: DictConfig, fitter: Fitter):
     mlflow_cfg = cfg.logger.get("mlflow")
-    if not mlflow_cfg or not trainer.is_global_zero:
+    if not mlflow_cfg or not fitter.is_global_zero:
         return nullcontext()
     return tracking.open_run(mlflow_cfg.experiment_name, cfg.name, Path(cfg.paths.root_dir),
-                             mlflow_cfg.tracking_uri, tags=_tags(cfg, trainer))
+                             mlflow_cfg.tracking_uri, tags=_tags(cfg, fitter.accelerator))
 
 
 def _summary(cfg: DictConfig, history: EpochHistory, parameters: int, seconds: float) -> dict:
@@ -121,11 +178,12 @@ def _summary(cfg: DictConfig, history: EpochHistory, parameters: int, seconds: f
     def mean(key):
         return sum(r[key] for r in rows) / max(len(rows), 1)
 
-    return {"name": cfg.name, "reference": cfg.reference, "parameters": parameters, "epochs": len(rows),
-            "best_epoch": best.get("epoch"), "best_val_acc": best.get("val_acc"),
+    return {"name": cfg.name, "reference": cfg.reference, "seed": cfg.seed, "parameters": parameters,
+            "epochs": len(rows), "best_epoch": best.get("epoch"), "best_val_acc": best.get("val_acc"),
             "best_val_loss": best.get("val_loss"), "train_seconds": round(seconds, 3),
             "mean_epoch_seconds": round(mean("epoch_seconds"), 3),
-            "mean_samples_per_second": round(mean("samples_per_second"), 1)}
+            "mean_samples_per_second": round(mean("samples_per_second"), 1),
+            "final_train_loss": rows[-1]["train_loss"] if rows else None}
 
 
 def _input_example(cfg: DictConfig, datamodule) -> np.ndarray:
@@ -136,32 +194,25 @@ def _input_example(cfg: DictConfig, datamodule) -> np.ndarray:
     return x.numpy().astype(np.float32)
 
 
-def _log_results(run, cfg: DictConfig, out: Outputs, summary: dict, net, datamodule, test_artifacts) -> dict:
+def _log_results(run, cfg: DictConfig, out: Outputs, fitted: tuple, fitter: Fitter, datamodule,
+                 test_results) -> dict:
     mlflow_cfg = cfg.logger.mlflow
+    net, checkpoint = fitted
+    summary = read_json(out.metrics / "train.json")
     run.log_metrics({k: summary[k] for k in ("best_val_acc", "best_val_loss", "train_seconds")})
     for path in (out.plots / "history.csv", out.plots / "curves.png", out.metrics / "train.json",
                  out.models / "model_summary.txt"):
         run.log_artifact(path)
-    run.log_artifact(out.models / "best.ckpt", "checkpoint")
-    if test_artifacts:
-        log_test_results(run, *test_artifacts)
+    run.log_artifact(checkpoint, "checkpoint")
+    if test_results:
+        log_test_results(run, *test_results)
     record = {"mlflow_run_id": run.run_id}
-    if mlflow_cfg.log_model:
+    if mlflow_cfg.log_model and fitter.loggable:
         record["model_uri"] = run.log_model(deployable(net, cfg), _input_example(cfg, datamodule),
                                             mlflow_cfg.serialization_format)
-        if mlflow_cfg.register and test_artifacts:
+        if mlflow_cfg.register and test_results:
             record["registered_version"] = run.register_champion(f"nnlab-{cfg.name}")
     return record
-
-
-def _fit(trainer: L.Trainer, module, datamodule) -> None:
-    """trainer.fit, with Ctrl-C kept a KeyboardInterrupt (Lightning turns it into exit code 1)."""
-    try:
-        trainer.fit(module, datamodule=datamodule)
-    except SystemExit:
-        if trainer.interrupted:
-            raise KeyboardInterrupt("training interrupted") from None
-        raise
 
 
 def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
@@ -171,42 +222,35 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     out = Outputs.for_config(cfg).make()
     resolved = OmegaConf.to_container(cfg, resolve=True)
     (out.models / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-    datamodule, module = build(cfg)
-    layers = summarize(module.net, cfg.data.input_shape)
-    (out.models / "model_summary.txt").write_text(format_summary(layers, type(module.net).__name__))
-    parameters = count_parameters(module.net)
-
-    history = EpochHistory()
-    # Best by validation loss: it breaks the ties that accuracy has (blobs reach 100 % at once).
-    checkpoint = ModelCheckpoint(dirpath=out.models, filename="best", monitor="val/loss", mode="min",
-                                 save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False)
-    trainer = _trainer(cfg, [history, checkpoint, ConfigInCheckpoint(resolved)])
-    with _open_run(cfg, trainer) as run:
+    datamodule, history = instantiate(cfg.data), EpochHistory()
+    if cfg.model._target_ == numpy_train.TARGET:
+        fitter = _numpy_fitter(cfg, datamodule, history, out)
+    else:
+        fitter = _lightning_fitter(cfg, resolved, datamodule, history, out)
+    (out.models / "model_summary.txt").write_text(fitter.summary_text)
+    with _open_run(cfg, fitter) as run:
         if run:
-            run.log_params({**tracking.flatten(resolved), "parameters": parameters})
+            run.log_params({**tracking.flatten(resolved), "parameters": fitter.parameters})
             run.log_artifact(out.models / "config.yaml")
             run.log_text("\n".join(overrides or []) + "\n", "overrides.txt")
             history.sinks.append(lambda row: run.log_metrics(
                 {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"]))
         started = time.perf_counter()
-        _fit(trainer, module, datamodule)
-        if not trainer.is_global_zero:
+        fitted = fitter.fit()
+        if fitted is None:
             return {}
-        summary = _summary(cfg, history, parameters, time.perf_counter() - started)
-        module.load_state_dict(torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"])
-        net = module.net.cpu().eval()
-        test_artifacts = None
+        summary = _summary(cfg, history, fitter.parameters, time.perf_counter() - started)
+        test_results = None
         if cfg.test_after_fit:
-            test_artifacts = evaluate_network(net, datamodule, cfg.name, out.metrics, out.plots)
-            summary.update(test_acc=test_artifacts[0]["test_acc"], test_loss=test_artifacts[0]["test_loss"])
+            test_results = evaluate_network(fitted[0], datamodule, cfg.name, out.metrics, out.plots)
+            summary.update(test_acc=test_results[0]["test_acc"], test_loss=test_results[0]["test_loss"])
         history.write_csv(out.plots / "history.csv")
         plots.run_curves(history.rows, out.plots / "curves.png", cfg.name)
         write_json(out.metrics / "train.json", summary)
         if run:
-            write_json(out.models / "run.json", _log_results(run, cfg, out, summary, net, datamodule, test_artifacts))
-    print_summary(summary, {"accelerator": f"{type(trainer.accelerator).__name__} x {trainer.num_devices}",
-                            "checkpoint": checkpoint.best_model_path, "metrics": out.metrics / "train.json",
-                            "history": out.plots / "history.csv",
+            write_json(out.models / "run.json", _log_results(run, cfg, out, fitted, fitter, datamodule, test_results))
+    print_summary(summary, {"accelerator": fitter.accelerator, "checkpoint": fitted[1],
+                            "metrics": out.metrics / "train.json", "history": out.plots / "history.csv",
                             "mlflow run": run.run_id if run else "(not tracked)"})
     return summary
 

@@ -16,17 +16,31 @@ import torch
 from nnlab.data import blobs, mnist
 
 
+def random_shift(x: torch.Tensor, max_shift: int, fill: float, gen: torch.Generator) -> torch.Tensor:
+    """Each image of a (n, c, h, w) batch moved by its own random offset of up to ``max_shift``
+    pixels in each direction, the uncovered border filled with ``fill``; one gather, no loop."""
+    n, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (max_shift,) * 4, value=fill)
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n, 1, 1), generator=gen)
+    rows = torch.arange(h).view(1, h, 1) + dy
+    cols = torch.arange(w).view(1, 1, w) + dx
+    batch = torch.arange(n).view(n, 1, 1)
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+
+
 class TensorBatches:
     """Mini-batches of (x, y) by index; reshuffled each pass with a seeded generator.
 
-    ``rank``/``world_size`` give each DDP process its own equal-sized share.
+    ``rank``/``world_size`` give each DDP process its own equal-sized share. ``shift`` > 0
+    moves each training image by up to that many pixels (augmentation), ``fill`` is the background.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, rank: int = 0, world_size: int = 1):
+                 seed: int = 0, rank: int = 0, world_size: int = 1, shift: int = 0, fill: float = 0.0):
         self.x, self.y = x, y
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size = rank, world_size
+        self.shift, self.fill = shift, fill
         self.passes = 0
 
     def _indices(self) -> torch.Tensor:
@@ -50,17 +64,20 @@ class TensorBatches:
             for start in range(0, len(order), self.batch_size):
                 yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
             return
+        gen = torch.Generator().manual_seed(self.seed + 7919 * self.passes)
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            yield self.x[batch], self.y[batch]
+            x = self.x[batch]
+            yield (random_shift(x, self.shift, self.fill, gen) if self.shift else x), self.y[batch]
 
 
 class TensorDataModule(L.LightningDataModule):
     """Base: subclasses implement ``load()`` returning float inputs and int labels per split."""
 
     def __init__(self, data_dir: str, input_shape: Sequence[int], num_classes: int,
-                 batch_size: int = 64, eval_batch_size: int = 1000, seed: int = 0):
+                 batch_size: int = 64, eval_batch_size: int = 1000, seed: int = 0, shift: int = 0):
         super().__init__()
+        self.shift = shift
         self.data_dir = Path(data_dir)
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
@@ -86,7 +103,13 @@ class TensorDataModule(L.LightningDataModule):
             return TensorBatches(x, y, self.eval_batch_size)
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        return TensorBatches(x, y, self.batch_size, shuffle=True, seed=self.seed, rank=rank, world_size=world)
+        return TensorBatches(x, y, self.batch_size, shuffle=True, seed=self.seed, rank=rank, world_size=world,
+                             shift=self.shift, fill=self.background)
+
+    @property
+    def background(self) -> float:
+        """The value of a blank input pixel after scaling."""
+        return 0.0
 
     def train_dataloader(self) -> TensorBatches:
         return self._batches("train", train=True)
@@ -107,6 +130,10 @@ class MNISTDataModule(TensorDataModule):
 
     def load(self):
         return mnist.load(self.data_dir)
+
+    @property
+    def background(self) -> float:
+        return -self.mean / self.std
 
     def to_inputs(self, x: np.ndarray) -> torch.Tensor:
         return (torch.from_numpy(np.asarray(x)).float().div_(255.0) - self.mean) / self.std

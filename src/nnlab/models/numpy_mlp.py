@@ -11,18 +11,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from nnlab.activations import sigmoid as _sigmoid
+from nnlab.activations import softmax as _softmax
+
 INITS = ("xavier", "normal", "uniform")
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    # exp(-z) overflows to inf for very negative z, and 1 / inf = 0 is the right answer.
-    with np.errstate(over="ignore"):
-        return 1.0 / (1.0 + np.exp(-z))
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _weight_grad(a: np.ndarray, delta: np.ndarray) -> np.ndarray:

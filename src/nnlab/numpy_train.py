@@ -1,0 +1,71 @@
+"""Training loop of the NumPy network (reference E4): same data, outputs and tracking as the
+Lightning path, but plain SGD on hand-written gradients."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from threadpoolctl import threadpool_limits
+from torch import nn
+
+from nnlab.models.numpy_mlp import NumpyMLP
+
+TARGET = "nnlab.models.numpy_mlp.NumpyMLP"
+
+
+class NumpyAsTorch(nn.Module):
+    """A NumpyMLP seen as a torch module (log-probabilities as logits), for the shared evaluation."""
+
+    def __init__(self, mlp: NumpyMLP):
+        super().__init__()
+        self.mlp = mlp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = self.mlp.predict_proba(x.cpu().numpy())
+        return torch.from_numpy(np.log(np.clip(probs, 1e-12, None))).float()
+
+
+def _score(mlp: NumpyMLP, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    probs = mlp.predict_proba(x)
+    return mlp.loss(probs, y), float((probs.argmax(1) == y).mean())
+
+
+def fit(cfg: DictConfig, datamodule, on_epoch) -> tuple[NumpyMLP, list[dict]]:
+    """Train ``cfg.trainer.max_epochs`` epochs; keep the weights of the lowest validation loss.
+
+    ``on_epoch(row)`` gets each epoch's history row (the same columns as the Lightning path)."""
+    datamodule.setup("fit")
+    (x_train, y_train), (x_val, y_val) = ((t.numpy() for t in datamodule.splits[s]) for s in ("train", "val"))
+    mlp = instantiate(cfg.model)
+    rng = np.random.default_rng(cfg.seed)
+    rows, best, best_state = [], float("inf"), mlp.state_dict()
+    # One BLAS thread: per-sample steps are tiny, and threads only fight over 2 cores.
+    with threadpool_limits(limits=1):
+        for epoch in range(1, cfg.trainer.max_epochs + 1):
+            started = time.perf_counter()
+            train = mlp.fit_epoch(x_train, y_train, cfg.optimizer.lr, batch_size=cfg.data.batch_size, rng=rng)
+            train_seconds = time.perf_counter() - started
+            val_loss, val_acc = _score(mlp, x_val, y_val)
+            row = {"epoch": epoch, "train_loss": train["train_loss"], "train_acc": train["train_acc"],
+                   "val_loss": val_loss, "val_acc": val_acc, "lr": cfg.optimizer.lr,
+                   "epoch_seconds": time.perf_counter() - started, "train_seconds": train_seconds,
+                   "samples_per_second": len(y_train) / train_seconds}
+            rows.append(row)
+            on_epoch(row)
+            if val_loss < best:
+                best, best_state = val_loss, mlp.state_dict()
+    mlp.load_state_dict(best_state)
+    return mlp, rows
+
+
+def summary_table(mlp: NumpyMLP) -> str:
+    """The Keras-style summary of the NumPy network."""
+    lines = ['Model: "NumpyMLP"', "=" * 50, f"{'Layer':<22}{'Output Shape':<16}Param #", "=" * 50]
+    for i, (w, b) in enumerate(zip(mlp.weights, mlp.biases)):
+        kind = "softmax" if i == len(mlp.weights) - 1 else "sigmoid"
+        lines.append(f"{f'dense_{i} ({kind})':<22}{f'(None, {w.shape[1]})':<16}{w.size + b.size:,}")
+    return "\n".join([*lines, "=" * 50, f"Total params: {mlp.parameter_count():,}", ""])
