@@ -15,3 +15,11 @@ REFERENCES: dict[str, tuple[str, float | None]] = {
 
 def published_accuracy(ref: str | None) -> float | None:
     return REFERENCES.get(ref, ("", None))[1] if ref else None
+
+
+# Per-epoch training loss the texts printed: {epoch: loss}.
+PUBLISHED_LOSSES: dict[str, dict[int, float]] = {
+    "E2": {1: 0.3866, 10: 0.0522},
+    "E3": {1: 0.2493, 10: 0.0350},
+    "E5": {100: 0.5763, 1000: 0.0986},
+}
