@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or root / "reports"
     out.mkdir(parents=True, exist_ok=True)
     images, labels = mnist.load(root / "data" / "mnist")["train"]
-    x = images[:1000].reshape(1000, -1).astype(np.float64) / 255.0
-    norms = gradient_norms(x, labels[:1000].astype(np.int64))
+    n = min(1000, len(images))
+    norms = gradient_norms(images[:n].reshape(n, -1) / 255.0, labels[:n].astype(np.int64))
     plot_activations(out / "activations.png")
     plot_norms(norms, out / "gradient_norms.png")
     (out / "activations.md").write_text(markdown(norms))
