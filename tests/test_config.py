@@ -74,3 +74,18 @@ def test_cli_config_errors_are_one_line(override, expected, tmp_path):
     assert lines[0].startswith("nnlab.train: error: config: ") and expected in lines[0]
     if override.startswith("model.hidden_size"):
         assert "allowed keys: input_shape, num_classes, hidden_sizes, activation, dropout" in lines[0]
+
+
+def test_the_root_is_found_from_any_folder_of_the_project(tmp_path, monkeypatch):
+    from nnlab.paths import find_root
+
+    for var in ("NNLAB_ROOT", "DVC_ROOT"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / "reference").mkdir()
+    (tmp_path / "reference" / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "logs" / "multirun" / "0").mkdir(parents=True)
+    assert find_root(tmp_path / "reference") == tmp_path
+    assert find_root(tmp_path / "logs" / "multirun" / "0") == tmp_path
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "reference"))
+    assert find_root(tmp_path) == tmp_path / "reference"

@@ -112,7 +112,9 @@ def experiment_id(client: MlflowClient, name: str, root: Path, uri: str) -> str:
     # A local store keeps its artifacts beside it; a server decides for itself.
     location = (Path(root) / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        # The kind tag makes the MLflow UI open on its training-runs view, not the GenAI one.
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={"mlflow.experimentKind": "custom_model_development"})
     except MlflowException:
         return client.get_experiment_by_name(name).experiment_id
 
