@@ -123,3 +123,18 @@ def test_multirun_sweep_is_one_parent_run_with_a_child_per_job(project, tmp_path
     # sweep jobs write into their own folders, not over the canonical outputs
     assert not (project / "models" / "blobs_linear").exists()
     assert len(list((project / "logs" / "multirun").rglob("best.ckpt"))) == 2
+
+
+def test_ddp_on_two_cpu_processes_tracks_one_run(project, tmp_path):
+    uri = _store(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "nnlab.train", "experiment=blobs_linear", "trainer=ddp", "trainer.accelerator=cpu",
+         "trainer.devices=2", "trainer.max_epochs=3", "trainer.enable_progress_bar=false",
+         "logger.mlflow.log_model=false", f"logger.mlflow.tracking_uri={uri}"],
+        capture_output=True, text=True, env=venv_env(NNLAB_ROOT=str(project)), timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr
+    client, runs = _runs(uri)
+    assert [r.info.status for r in runs] == ["FINISHED"]  # rank 0 alone records
+    assert len(client.get_metric_history(runs[0].info.run_id, "val_acc")) == 3
+    assert runs[0].data.metrics["test_acc"] == 1.0

@@ -50,7 +50,8 @@ class Classifier(L.LightningModule):
         return {f"{split}/{kind}": self.metrics[f"{split}_{kind}"].compute() for kind in ("loss", "acc")}
 
     def _log_epoch(self, split: str) -> None:
-        self.log_dict(self.epoch_metrics(split), prog_bar=split != "test")
+        # The metric objects are already synchronised across devices; sync_dist keeps Lightning quiet.
+        self.log_dict(self.epoch_metrics(split), prog_bar=split != "test", sync_dist=True)
         for kind in ("loss", "acc"):
             self.metrics[f"{split}_{kind}"].reset()
 
