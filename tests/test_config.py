@@ -89,3 +89,22 @@ def test_the_root_is_found_from_any_folder_of_the_project(tmp_path, monkeypatch)
     assert find_root(tmp_path / "logs" / "multirun" / "0") == tmp_path
     monkeypatch.setenv("DVC_ROOT", str(tmp_path / "reference"))
     assert find_root(tmp_path) == tmp_path / "reference"
+
+
+def _readme_commands(module: str) -> list[list[str]]:
+    """The overrides of every `python -m <module>` line in the README (continuations joined)."""
+    text = (REPO / "README.md").read_text().replace("\\\n", " ")
+    commands = []
+    for line in text.splitlines():
+        if f"-m {module} " in line and line.lstrip().startswith((".venv/bin/python", "python", "MLFLOW_")):
+            args = line.split(f"-m {module} ", 1)[1].split("#")[0].split()
+            commands.append(args)
+    return commands
+
+
+@pytest.mark.parametrize("args", _readme_commands("nnlab.train"), ids=" ".join)
+def test_readme_training_examples_compose_and_validate(compose, args):
+    """Each README example, with the first value of every swept option, is a valid config."""
+    overrides = [a.split("=")[0] + "=" + a.split("=", 1)[1].split(",")[0] for a in args
+                 if "=" in a and not a.startswith("hydra")]
+    assert overrides and validate(compose(*overrides))

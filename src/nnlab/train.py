@@ -89,7 +89,7 @@ def _tags(cfg: DictConfig, accelerator: str) -> dict:
         "model": cfg.model._target_.rsplit(".", 1)[-1],
         "data_md5": data_md5(Path(cfg.data.data_dir)),
         "accelerator": accelerator,
-        "device": torch.cuda.get_device_name(0) if accelerator == "cuda" else "cpu",
+        "device": torch.cuda.get_device_name(0) if accelerator == "cuda" else accelerator,
         **git_tags(Path(cfg.paths.root_dir)),
         **sweep_tags(),
     }
