@@ -7,8 +7,8 @@ values. Every failure is a ``ConfigError`` whose message is one line naming the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Optional, get_args, get_type_hints
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -238,11 +238,11 @@ class TrainerConfig:
     def __post_init__(self):
         _check(self.accelerator in ACCELERATORS, "accelerator",
                f"must be one of {', '.join(ACCELERATORS)}, got {self.accelerator!r}")
-        _positive(self, "max_epochs", "num_nodes", "log_every_n_steps", "limit_train_batches")
         for name in ("limit_train_batches", "limit_val_batches"):
             value = getattr(self, name)
             _check(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0),
                    name, f"must be a fraction (0.1) or a number of batches (20), got {value!r}")
+        _positive(self, "max_epochs", "num_nodes", "log_every_n_steps", "limit_train_batches")
         _check(self.deterministic in (True, False, "warn"), "deterministic", "must be true, false or warn")
 
 
@@ -255,7 +255,8 @@ class MlflowConfig:
     register: bool = False  # register the model per experiment; best test accuracy = @champion
 
     def __post_init__(self):
-        _check(self.serialization_format in ("pt2", "pickle"), "serialization_format", "must be pt2 or pickle")
+        _check(self.serialization_format in ("pt2", "pickle"), "mlflow.serialization_format",
+               f"must be pt2 or pickle, got {self.serialization_format!r}")
 
 
 @dataclass
@@ -299,7 +300,14 @@ class RootConfig:
 GROUPS = tuple(SCHEMAS) + tuple(PLAIN_GROUPS)
 
 
-def _allowed(schema: type) -> str:
+def _allowed(schema: type, key: str = "") -> str:
+    """The keys a schema allows; for a dotted ``key``, those of the nested schema it lies in."""
+    for part in key.split(".")[:-1]:
+        hint = get_type_hints(schema).get(part)
+        nested = [t for t in get_args(hint) if is_dataclass(t)] if get_args(hint) else [hint]
+        if not nested or not is_dataclass(nested[0]):
+            break
+        schema = nested[0]
     return ", ".join(f.name for f in fields(schema) if f.name not in ("_target_", "_partial_"))
 
 
@@ -324,7 +332,7 @@ def _convert(prefix: str, schema: type, node: Any) -> Any:
         raise ConfigError(f"{prefix}.{exc}") from None
     except ConfigKeyError as exc:
         key = exc.full_key or exc.key
-        raise ConfigError(f"{prefix}.{key}: unknown key; allowed: {_allowed(schema)}") from None
+        raise ConfigError(f"{prefix}.{key}: unknown key; allowed: {_allowed(schema, str(key))}") from None
     except ValidationError as exc:
         key = exc.full_key or exc.key
         raise ConfigError(f"{prefix}.{key}: {str(exc.msg).splitlines()[0]}") from None
