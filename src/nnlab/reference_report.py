@@ -79,7 +79,7 @@ def markdown(rows: list[dict], runs_by_experiment: dict[str, list[dict]], summar
     for r in rows:
         diff = "–" if r["difference"] is None else f"{r['difference'] * 100:+.2f} pp"
         lines.append(f"| {r['experiment']} | {r['reference']} | {_pct(r['published_acc'])} | "
-                     f"{r['mean_test_acc']:.2%} ± {r['std_test_acc'] * 100:.2f} | {diff} | {r['seeds']} | "
+                     f"{r['mean_test_acc']:.2%} ± {r['std_test_acc'] * 100:.2f} pp | {diff} | {r['seeds']} | "
                      f"{r['epochs']} | {r['mean_train_seconds']} |")
     lines += ["", "## Published recipe against a better one", ""]
     by_name = {r["experiment"]: r for r in rows}
@@ -88,7 +88,7 @@ def markdown(rows: list[dict], runs_by_experiment: dict[str, list[dict]], summar
             a, b = by_name[ref], by_name[best]
             lines.append(f"- **{a['reference']}**: published {_pct(a['published_acc'])}; the published recipe here "
                          f"{a['mean_test_acc']:.2%} in {a['epochs']} epochs; `{best}` {b['mean_test_acc']:.2%} "
-                         f"± {b['std_test_acc'] * 100:.2f} in {b['epochs']} epochs.")
+                         f"± {b['std_test_acc'] * 100:.2f} pp in {b['epochs']} epochs.")
     lines += ["", "## Training loss against the published values", "", "![losses](reference_losses.png)", "",
               "## The experiments", ""]
     lines += [f"- **{ref}**: {text}" for ref, (text, _) in REFERENCES.items()]
