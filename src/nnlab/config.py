@@ -33,6 +33,12 @@ def _positive(obj: Any, *names: str) -> None:
         _check(value is None or value > 0, name, f"must be > 0, got {value}")
 
 
+def _sizes(obj: Any, *names: str) -> None:
+    for name in names:
+        values = getattr(obj, name)
+        _check(all(v > 0 for v in values), name, f"all sizes must be > 0, got {list(values)}")
+
+
 def _fraction(obj: Any, *names: str, upper_open: bool = True) -> None:
     for name in names:
         value = getattr(obj, name)
@@ -82,7 +88,7 @@ class LinearModel:
 
     def __post_init__(self):
         _positive(self, "num_classes")
-        _check(all(d > 0 for d in self.input_shape), "input_shape", "all sizes must be > 0")
+        _sizes(self, "input_shape")
 
 
 @dataclass
@@ -94,7 +100,7 @@ class MLPModel(LinearModel):
 
     def __post_init__(self):
         super().__post_init__()
-        _check(all(h > 0 for h in self.hidden_sizes), "hidden_sizes", f"all sizes must be > 0, got {self.hidden_sizes}")
+        _sizes(self, "hidden_sizes")
         _check(self.activation in ACTIVATIONS, "activation",
                f"must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         _fraction(self, "dropout")
@@ -112,7 +118,7 @@ class CNNModel(LinearModel):
     def __post_init__(self):
         super().__post_init__()
         _check(len(self.input_shape) == 3, "input_shape", "a CNN needs [channels, height, width]")
-        _check(all(c > 0 for c in self.channels), "channels", "all sizes must be > 0")
+        _sizes(self, "channels")
         _check(self.kernel_size % 2 == 1 and self.kernel_size > 0, "kernel_size", "must be a positive odd number")
         _positive(self, "hidden_size")
         _fraction(self, "conv_dropout", "dropout")
@@ -129,6 +135,7 @@ class NumpyMLPModel(LinearModel):
 
     def __post_init__(self):
         super().__post_init__()
+        _sizes(self, "hidden_sizes")
         _check(self.init in ("xavier", "normal", "uniform"), "init",
                f"must be one of xavier, normal, uniform, got {self.init!r}")
 
