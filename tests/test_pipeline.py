@@ -88,3 +88,17 @@ def test_editing_a_model_config_reruns_only_its_experiments(repo):
     status = _run(repo, "dvc", "status", "--json").stdout
     changed = set(json.loads(status))
     assert changed == {"train@mnist_cnn"}
+
+
+def test_dvc_exp_run_lands_in_the_same_store_with_its_name(repo):
+    import sqlite3
+
+    repo, _ = repo
+    _run(repo, "git", "add", "-A")
+    _run(repo, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "pipeline")
+    _run(repo, "dvc", "exp", "run", "train@blobs_linear", "-n", "quick-exp",
+         "-S", "train_overrides='trainer.max_epochs=1 trainer.enable_progress_bar=false'")  # -S parses like Hydra
+    with sqlite3.connect(repo / "mlflow.db") as db:
+        tags = dict(db.execute("SELECT key, value FROM tags WHERE run_uuid = (SELECT run_uuid FROM tags "
+                               "WHERE key = 'dvc_exp' AND value = 'quick-exp')").fetchall())
+    assert tags["dvc_stage"] == "train@blobs_linear" and tags["experiment"] == "blobs_linear"
