@@ -130,7 +130,7 @@ def test_blobs_stage(tmp_path):
                                             "random_state": 42, "test_size": 0.2}}))
     prepare_blobs.main(["--params", str(params), "--out", str(tmp_path / "blobs")])
     data = blobs.load(tmp_path / "blobs")
-    (x_train, y_train), (x_val, y_val) = data["train"], data["val"]
+    (x_train, y_train), (x_val, _) = data["train"], data["val"]
     assert x_train.shape == (400, 2) and x_val.shape == (100, 2)
     assert sorted(np.unique(y_train)) == [0, 1, 2]
     # standardised over all 500 points

@@ -8,7 +8,6 @@ import yaml
 
 from nnlab import reference_report, teaching
 from nnlab.activations import ELEMENTWISE, softmax, softmax_jacobian
-from nnlab.cli import CONF_DIR
 from nnlab.train import train
 
 from conftest import REPO

@@ -1,7 +1,6 @@
 """MLflow records checked through MlflowClient: a SQLite store and a real `mlflow server`."""
 
 import hashlib
-import os
 import signal
 import socket
 import subprocess

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 
 from nnlab.checkpoint import load_network
