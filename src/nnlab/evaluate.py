@@ -49,8 +49,8 @@ def evaluate_network(net: nn.Module, datamodule, name: str, metrics_dir: Path, p
     artifacts = [metrics_dir / "test.json",
                  plots.confusion_matrix(counts, plots_dir / "confusion.png", f"{name}: test confusion")]
     if x.ndim == 4:
-        images = datamodule.load()["test"][0]  # raw pixels, not normalised
-        artifacts.append(plots.prediction_grid(images, actual, predicted, plots_dir / "predictions.png", name))
+        artifacts.append(plots.prediction_grid(datamodule.raw_test_inputs, actual, predicted,
+                                               plots_dir / "predictions.png", name))
     else:
         artifacts.append(plots.scatter_predictions(x.numpy(), actual, predicted, plots_dir / "predictions.png", name))
     return metrics, artifacts

@@ -83,6 +83,7 @@ class TensorDataModule(L.LightningDataModule):
         self.num_classes = num_classes
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.raw_test_inputs: np.ndarray | None = None  # as stored (MNIST: uint8 pixels), for plots
 
     def load(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         raise NotImplementedError
@@ -93,7 +94,9 @@ class TensorDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        for split, (x, y) in self.load().items():
+        data = self.load()
+        self.raw_test_inputs = data["test"][0]
+        for split, (x, y) in data.items():
             inputs = self.to_inputs(x).reshape(-1, *self.input_shape)
             self.splits[split] = (inputs, torch.from_numpy(np.asarray(y, dtype=np.int64)))
 

@@ -47,10 +47,3 @@ def format_summary(rows: list[dict], title: str = "Model") -> str:
     total = sum(r["parameters"] for r in rows)
     return "\n".join([f'Model: "{title}"', rule, fmt(header), rule, *map(fmt, lines), rule,
                       f"Total params: {total:,}", ""])
-
-
-def markdown_summary(rows: list[dict]) -> str:
-    lines = ["| layer | type | output shape | parameters |", "|---|---|---|---:|"]
-    lines += [f"| {r['layer']} | {r['type']} | {tuple(r['output_shape'])} | {r['parameters']:,} |" for r in rows]
-    lines.append(f"| **total** | | | **{sum(r['parameters'] for r in rows):,}** |")
-    return "\n".join(lines)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -59,14 +59,26 @@ class Run:
         for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=items[start : start + 100])
 
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
+
+    @contextmanager
+    def _fluent(self) -> Iterator[None]:
+        """Point MLflow's fluent API at this run's store for a moment. mlflow.set_tracking_uri
+        also writes MLFLOW_TRACKING_URI, which would redirect every later run of the process."""
+        import mlflow
+
+        saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+        mlflow.set_tracking_uri(self.client.tracking_uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(saved_env)
+            if saved_env is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
 
     def log_model(self, model, input_example: np.ndarray, serialization_format: str = "pt2") -> str:
         """Log a torch model as this run's ``model``; returns its models:/ URI.
@@ -77,14 +89,15 @@ class Run:
         import torch
         from mlflow.models import infer_signature
 
-        mlflow.set_tracking_uri(self.client.tracking_uri)
-        mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
         with torch.no_grad():
             output = model(torch.from_numpy(input_example)).numpy()
-        info = mlflow.pytorch.log_model(
-            model, name="model", input_example=input_example, signature=infer_signature(input_example, output),
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-            serialization_format=serialization_format, run_id=self.run_id)
+        with self._fluent():
+            mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
+            info = mlflow.pytorch.log_model(
+                model, name="model", input_example=input_example,
+                signature=infer_signature(input_example, output),
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+                serialization_format=serialization_format, run_id=self.run_id)
         return info.model_uri
 
     def register_champion(self, model_name: str, metric: str = "test_acc") -> int:
@@ -92,8 +105,8 @@ class Run:
         version whose run has the best ``metric``. Returns the new version number."""
         import mlflow
 
-        mlflow.set_tracking_uri(self.client.tracking_uri)
-        version = mlflow.register_model(f"runs:/{self.run_id}/model", model_name)
+        with self._fluent():
+            version = mlflow.register_model(f"runs:/{self.run_id}/model", model_name)
         versions = self.client.search_model_versions(f"name='{model_name}'")
 
         def score(v) -> float:
