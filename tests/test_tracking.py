@@ -1,6 +1,7 @@
 """MLflow records checked through MlflowClient: a SQLite store and a real `mlflow server`."""
 
 import hashlib
+from pathlib import Path
 import signal
 import socket
 import subprocess
@@ -195,3 +196,27 @@ def test_parallel_sweep_jobs_all_complete(project, tmp_path, request, where):
 def test_flatten_drops_hydra_noise_and_caps_length():
     flat = flatten({"model": {"_target_": "a.b.MLP", "_partial_": True, "sizes": [1, 2]}, "note": "x" * 9000})
     assert flat == {"model.class": "MLP", "model.sizes": "[1, 2]", "note": "x" * 6000}
+
+
+def test_credentials_in_the_tracking_uri_reach_no_file_param_or_artifact(project, server, tmp_path):
+    """`user:secret@` in the URI goes to MLFLOW_TRACKING_USERNAME/PASSWORD; nothing written keeps it."""
+    secret = "s3cretPassw0rd"
+    uri = server.replace("http://", f"http://alice:{secret}@")
+    proc = subprocess.run(
+        [sys.executable, "-m", "nnlab.train", "experiment=blobs_linear", "name=cred", "trainer=cpu",
+         "trainer.max_epochs=1", "trainer.enable_progress_bar=false", f"logger.mlflow.tracking_uri={uri}",
+         "logger.mlflow.serialization_format=pickle"],
+        capture_output=True, text=True, env=venv_env(NNLAB_ROOT=str(project)), timeout=300, cwd=project)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = [p for p in project.rglob("*") if p.is_file() and "data" not in p.relative_to(project).parts[:1]]
+    assert any(p.name == "best.ckpt" for p in written) and any(p.name == "overrides.yaml" for p in written)
+    assert [p for p in written if secret.encode() in p.read_bytes()] == []
+    client = MlflowClient(tracking_uri=server)
+    run = client.search_runs([client.get_experiment_by_name("nnlab").experiment_id],
+                             filter_string="attributes.run_name = 'cred'")[0]
+    assert run.data.params["logger.mlflow.tracking_uri"] == server
+    assert secret not in str(run.data.tags)
+    local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, tracking_uri=server, dst_path=str(tmp_path))
+    files = [p for p in Path(local).rglob("*") if p.is_file()]
+    assert any(p.name == "overrides.txt" for p in files) and any(p.suffix == ".ckpt" for p in files)
+    assert [p for p in files if secret.encode() in p.read_bytes()] == []

@@ -5,11 +5,31 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
+from dataclasses import fields
+from typing import Any
+
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from nnlab.config import ConfigError, check_group
+from nnlab.models.networks import NETWORKS
+
 CONFIG_KEY = "nnlab_config"
+
+
+def build_network(model: Any) -> nn.Module:
+    """One of nnlab's own networks from a model config read from a file. The ``_target_`` only
+    selects a class in ``NETWORKS`` and every value goes through the model schema: nothing a file
+    names is imported or called (Hydra's ``instantiate`` would run any ``_target_``)."""
+    if not isinstance(model, dict) or not all(isinstance(k, str) for k in model):
+        raise ConfigError("model: not a mapping of names to values")
+    if any(isinstance(v, str) and "${" in v for v in model.values()):
+        raise ConfigError("model: interpolations are not allowed in a saved config")
+    target = model.get("_target_")
+    if target not in NETWORKS:
+        raise ConfigError(f"model._target_: must be one of {', '.join(NETWORKS)}, got {target!r}")
+    spec = check_group("model", model)
+    return NETWORKS[target](**{f.name: getattr(spec, f.name) for f in fields(spec) if f.name != "_target_"})
 
 
 def load_network(path: str | Path) -> tuple[nn.Module, DictConfig]:
@@ -20,8 +40,15 @@ def load_network(path: str | Path) -> tuple[nn.Module, DictConfig]:
     state = torch.load(path, map_location="cpu", weights_only=True)
     if CONFIG_KEY not in state:
         raise ValueError(f"{path} was not written by nnlab (no {CONFIG_KEY} inside)")
-    cfg = OmegaConf.create(state[CONFIG_KEY])
-    net = instantiate(cfg.model)
+    saved = state[CONFIG_KEY]
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path}: its {CONFIG_KEY} is not a config mapping")
+    try:
+        net = build_network(saved.get("model"))
+    except ConfigError as exc:
+        raise ValueError(f"{path}: refusing its saved config: {exc}") from None
+    cfg = OmegaConf.create({k: v for k, v in saved.items() if k != "model"})
+    cfg.model = OmegaConf.create(saved["model"])
     weights = {k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")}
     net.load_state_dict(weights)
     return net.eval(), cfg

@@ -13,6 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from nnlab.config import ConfigError, allowed_keys, validate
 from nnlab.paths import find_root  # importing it registers the ${nnlab_root:} resolver
+from nnlab.tracking.credentials import strip_override
 
 
 def _conf_dir() -> Path:
@@ -65,5 +66,7 @@ def precheck(prog: str, argv: list[str]) -> None:
 
 
 def run_main(prog: str, hydra_main: Callable[[], object]) -> None:
+    # Before Hydra sees the command line: it copies it into .hydra/ and the run's config.
+    sys.argv[1:] = [strip_override(a) for a in sys.argv[1:]]
     precheck(prog, sys.argv[1:])
     hydra_main()

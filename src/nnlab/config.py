@@ -7,6 +7,7 @@ values. Every failure is a ``ConfigError`` whose message is one line naming the 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional, get_args, get_type_hints
 
@@ -15,6 +16,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from nnlab.models.networks import ACTIVATIONS
 
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
@@ -302,6 +304,11 @@ class RootConfig:
 
     def __post_init__(self):
         _fraction(self, "label_smoothing")
+        # name becomes a folder under models/, metrics/, plots/: no '', '..', '/' or spaces
+        _check(bool(NAME_PATTERN.fullmatch(self.name)) and ".." not in self.name, "name",
+               f"must be a plain name (letters, digits, '.', '_', '-'; starting with a letter or digit), "
+               f"got {self.name!r}")
+        _check(0 <= self.seed < 2**32, "seed", f"must be in [0, 2**32), got {self.seed}")
 
 
 GROUPS = tuple(SCHEMAS) + tuple(PLAIN_GROUPS)
@@ -345,6 +352,13 @@ def _convert(prefix: str, schema: type, node: Any) -> Any:
         raise ConfigError(f"{prefix}.{key}: {str(exc.msg).splitlines()[0]}") from None
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{prefix}: {str(exc).splitlines()[0]}") from None
+
+
+def check_group(group: str, node: Any) -> Any:
+    """One group's values (a plain mapping) as its checked schema object; ConfigError if not."""
+    node = OmegaConf.create(node) if not isinstance(node, DictConfig) else node
+    schema = _schema_for(group, node)
+    return _convert(group, schema, node) if schema else None
 
 
 def validate(cfg: DictConfig) -> dict[str, Any]:

@@ -91,6 +91,8 @@ def _hydra_main(cfg: DictConfig) -> None:
         cli.fail("nnlab.evaluate", f"config: {exc}")
     except FileNotFoundError as exc:
         cli.fail("nnlab.evaluate", f"{exc} (train it first: dvc repro train@{cfg.name})")
+    except ValueError as exc:  # a checkpoint that nnlab did not write, or one it refuses
+        cli.fail("nnlab.evaluate", str(exc).splitlines()[0])
 
 
 def main() -> None:

@@ -37,6 +37,7 @@ from nnlab.models.module import Classifier
 from nnlab.models.networks import count_parameters
 from nnlab.models.summary import format_summary, summarize
 from nnlab.reporting import git_tags, print_summary, read_json, write_json
+from nnlab.tracking.credentials import strip_credentials, strip_override
 from nnlab.tracking.sweep import sweep_tags
 
 # config.yaml is written into the checkpoint folder before Lightning's first checkpoint.
@@ -218,6 +219,9 @@ def _log_results(run, cfg: DictConfig, out: Outputs, fitted: tuple, fitter: Fitt
 def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     """Fit, keep the best checkpoint by validation loss, record everything. Returns the summary."""
     validate(cfg)
+    if cfg.logger.get("mlflow"):  # credentials go to the environment, never into a file
+        cfg.logger.mlflow.tracking_uri = strip_credentials(cfg.logger.mlflow.tracking_uri)
+    overrides = [strip_override(o) for o in overrides or []]
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out = Outputs.for_config(cfg).make()
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -232,7 +236,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         if run:
             run.log_params({**tracking.flatten(resolved), "parameters": fitter.parameters})
             run.log_artifact(out.models / "config.yaml")
-            run.log_text("\n".join(overrides or []) + "\n", "overrides.txt")
+            run.log_text("\n".join(overrides) + "\n", "overrides.txt")
             history.sinks.append(lambda row: run.log_metrics(
                 {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"]))
         started = time.perf_counter()

@@ -97,3 +97,8 @@ class CNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+# The only classes a saved config may name: a checkpoint's ``_target_`` is looked up here,
+# never imported (see nnlab.checkpoint.build_network).
+NETWORKS: dict[str, type[nn.Module]] = {f"{__name__}.{cls.__name__}": cls for cls in (LinearClassifier, MLP, CNN)}

@@ -14,6 +14,8 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from nnlab.tracking.credentials import strip_credentials
+
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 NOISE_KEYS = ("_target_", "_partial_")
 
@@ -23,8 +25,9 @@ def default_tracking_uri(root: Path) -> str:
 
 
 def resolve_tracking_uri(configured: str | None, root: Path) -> str:
-    """``MLFLOW_TRACKING_URI``, else the config's, else a SQLite store at the repository root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or configured or default_tracking_uri(root)
+    """``MLFLOW_TRACKING_URI``, else the config's, else a SQLite store at the repository root.
+    User info in the URI moves to MLflow's credential variables (see tracking.credentials)."""
+    return strip_credentials(os.environ.get("MLFLOW_TRACKING_URI") or configured) or default_tracking_uri(root)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

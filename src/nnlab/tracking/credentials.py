@@ -1,0 +1,38 @@
+"""Credentials never travel inside a tracking URI: they move to MLflow's environment variables.
+
+A URI such as ``http://user:secret@host:5000`` would otherwise be copied into MLflow params,
+the config artifact, ``overrides.txt``, checkpoints and ``models/<name>/``. MLflow reads
+``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` for HTTP basic auth.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+USER_ENV, PASSWORD_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
+URI_KEYS = ("logger.mlflow.tracking_uri",)
+
+
+def strip_credentials(uri: str | None) -> str | None:
+    """``uri`` without its user info; a user and password found there go to the environment
+    (unless the environment already names them)."""
+    if not uri or "@" not in uri or "://" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    if parts.username:
+        os.environ.setdefault(USER_ENV, unquote(parts.username))
+    if parts.password:
+        os.environ.setdefault(PASSWORD_ENV, unquote(parts.password))
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=host))
+
+
+def strip_override(override: str) -> str:
+    """A command-line override with any credentials removed from a tracking URI value."""
+    key, sep, value = override.partition("=")
+    if sep and key.lstrip("+~") in URI_KEYS:
+        return f"{key}={strip_credentials(value)}"
+    return override
