@@ -6,7 +6,7 @@ PORT ?= 5000
 STORE := sqlite:///$(CURDIR)/mlflow.db
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install install-dev repro reference test test-slow ui server bench clean
+.PHONY: install install-dev repro reference test test-slow lint format ui server bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,15 @@ test: install-dev
 
 test-slow: install-dev
 	pytest -m slow
+
+# ruff: lint rules and formatting in pyproject.toml ([tool.ruff]).
+lint: install-dev
+	ruff check src tests benchmarks
+	ruff format --check src tests benchmarks
+
+format: install-dev
+	ruff check --fix src tests benchmarks
+	ruff format src tests benchmarks
 
 ui: install
 	mlflow ui --backend-store-uri $(STORE) --default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(PORT)

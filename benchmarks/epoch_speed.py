@@ -14,9 +14,9 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 
-from nnlab.cli import compose_config
-from nnlab.history import EpochHistory
-from nnlab.train import build_module
+from nnlab.config.compose import compose_config
+from nnlab.training.fit import build_module
+from nnlab.training.history import EpochHistory
 
 
 def plain_loop(net, x, y, batch_size: int, epochs: int, lr: float) -> list[float]:
@@ -39,8 +39,9 @@ def plain_loop(net, x, y, batch_size: int, epochs: int, lr: float) -> list[float
 
 
 def lightning_path(overrides: list[str], epochs: int) -> list[float]:
-    cfg = compose_config(overrides + [f"trainer.max_epochs={epochs}", "logger=none",
-                                      "trainer.enable_progress_bar=false"])
+    cfg = compose_config(
+        overrides + [f"trainer.max_epochs={epochs}", "logger=none", "trainer.enable_progress_bar=false"]
+    )
     L.seed_everything(0, verbose=False)
     datamodule, module = instantiate(cfg.data), build_module(cfg)
     history = EpochHistory()
@@ -56,8 +57,14 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    overrides = ["data=mnist", f"model={args.model}", "optimizer=adam", "scheduler=none",
-                 f"data.batch_size={args.batch_size}", "trainer=cpu"]
+    overrides = [
+        "data=mnist",
+        f"model={args.model}",
+        "optimizer=adam",
+        "scheduler=none",
+        f"data.batch_size={args.batch_size}",
+        "trainer=cpu",
+    ]
     cfg = compose_config(overrides)
     datamodule, module = instantiate(cfg.data), build_module(cfg)
     datamodule.setup()
@@ -65,10 +72,15 @@ def main() -> None:
     plain = plain_loop(module.net, x, y, args.batch_size, args.epochs, 1e-3)
     light = lightning_path(overrides, args.epochs)
     # The first epoch carries one-off warm-up; compare the best epoch of each.
-    result = {"model": args.model, "batch_size": args.batch_size, "samples": len(y),
-              "plain_s": round(min(plain), 3), "lightning_s": round(min(light), 3),
-              "ratio": round(min(light) / min(plain), 2),
-              "lightning_samples_per_s": round(len(y) / min(light))}
+    result = {
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "samples": len(y),
+        "plain_s": round(min(plain), 3),
+        "lightning_s": round(min(light), 3),
+        "ratio": round(min(light) / min(plain), 2),
+        "lightning_samples_per_s": round(len(y) / min(light)),
+    }
     print(json.dumps(result))
     if args.out:
         with open(args.out, "a") as handle:

@@ -1,16 +1,15 @@
 import subprocess
-import sys
 
 import pytest
 import yaml
 from hydra.utils import instantiate
 
-from nnlab.cli import CONF_DIR
-from nnlab.config import ConfigError, validate
+from nnlab.config.paths import conf_dir
+from nnlab.config.schema import ConfigError, validate
 
-from conftest import REPO, venv_env
+from helpers import REPO, run_module
 
-EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -29,8 +28,8 @@ def test_params_yaml_lists_the_config_files_each_experiment_reads(compose):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for name, spec in params["experiments"].items():
         cfg = compose(f"experiment={name}")
-        model = yaml.safe_load((CONF_DIR / "model" / f"{spec['model']}.yaml").read_text())
-        data = yaml.safe_load((CONF_DIR / "data" / f"{spec['data']}.yaml").read_text())
+        model = yaml.safe_load((conf_dir() / "model" / f"{spec['model']}.yaml").read_text())
+        data = yaml.safe_load((conf_dir() / "data" / f"{spec['data']}.yaml").read_text())
         assert cfg.model._target_ == model["_target_"], name
         assert cfg.data._target_ == data["_target_"], name
 
@@ -38,7 +37,10 @@ def test_params_yaml_lists_the_config_files_each_experiment_reads(compose):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("+model.hidden_size=10", "model.hidden_size: unknown key; allowed: input_shape, num_classes, hidden_sizes, activation, dropout"),
+        (
+            "+model.hidden_size=10",
+            "model.hidden_size: unknown key; allowed: input_shape, num_classes, hidden_sizes, activation, dropout",
+        ),
         ("optimizer.lr=fast", "optimizer.lr: Value 'fast' of type 'str' could not be converted to Float"),
         ("optimizer.lr=-0.1", "optimizer.lr: must be > 0, got -0.1"),
         ("model.dropout=1.5", "model.dropout: must be in [0, 1), got 1.5"),
@@ -54,8 +56,7 @@ def test_validation_errors_name_the_key(compose, override, message):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nnlab.train", *args], capture_output=True, text=True,
-                          env=venv_env(), timeout=120, cwd=REPO)
+    return run_module("nnlab.train", *args, cwd=REPO, timeout=120)
 
 
 @pytest.mark.parametrize(
@@ -77,7 +78,7 @@ def test_cli_config_errors_are_one_line(override, expected, tmp_path):
 
 
 def test_the_root_is_found_from_any_folder_of_the_project(tmp_path, monkeypatch):
-    from nnlab.paths import find_root
+    from nnlab.config.paths import find_root
 
     for var in ("NNLAB_ROOT", "DVC_ROOT"):
         monkeypatch.delenv(var, raising=False)
@@ -105,6 +106,7 @@ def _readme_commands(module: str) -> list[list[str]]:
 @pytest.mark.parametrize("args", _readme_commands("nnlab.train"), ids=" ".join)
 def test_readme_training_examples_compose_and_validate(compose, args):
     """Each README example, with the first value of every swept option, is a valid config."""
-    overrides = [a.split("=")[0] + "=" + a.split("=", 1)[1].split(",")[0] for a in args
-                 if "=" in a and not a.startswith("hydra")]
+    overrides = [
+        a.split("=")[0] + "=" + a.split("=", 1)[1].split(",")[0] for a in args if "=" in a and not a.startswith("hydra")
+    ]
     assert overrides and validate(compose(*overrides))

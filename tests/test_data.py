@@ -10,7 +10,7 @@ from nnlab import prepare_blobs, prepare_mnist
 from nnlab.data import blobs, idx, mnist
 from nnlab.data.idx import DataError
 
-from conftest import synthetic_digits, write_idx_dir
+from helpers import synthetic_digits, write_idx_dir
 
 
 def test_idx_round_trip_and_bad_header():
@@ -88,8 +88,11 @@ def test_offline_pickle_is_rebuilt_into_idx(tmp_path):
     """The offline package's layout: x = pixels / 256 as float32, train + valid = the training set."""
     x, y = synthetic_digits(30, 3)
     flat = (x.reshape(30, 784) / 256).astype(np.float32)
-    payload = ((flat[:20], y[:20].astype(np.int64)), (flat[20:25], y[20:25].astype(np.int64)),
-               (flat[25:], y[25:].astype(np.int64)))
+    payload = (
+        (flat[:20], y[:20].astype(np.int64)),
+        (flat[20:25], y[20:25].astype(np.int64)),
+        (flat[25:], y[25:].astype(np.int64)),
+    )
     files = mnist._idx_from_pickle(gzip.compress(pickle.dumps(payload, protocol=2)))
     assert np.array_equal(idx.decode(files["train-images-idx3-ubyte"]), x[:25])
     assert np.array_equal(idx.decode(files["t10k-labels-idx1-ubyte"]), y[25:])
@@ -109,25 +112,43 @@ def test_unknown_source_is_a_clear_error(tmp_path):
         mnist.fetch("s3", tmp_path)
 
 
-def test_prepare_mnist_stage_from_params(tmp_path, raw_dir, monkeypatch):
+def test_prepare_mnist_stage_from_params(tmp_path, raw_dir, monkeypatch, capsys):
     folder, md5s = raw_dir
     params = tmp_path / "params.yaml"
-    params.write_text(json.dumps({"mnist": {"source": "dir", "dir": str(folder), "val_size": 50, "seed": 1,
-                                            "md5": md5s}}))
+    params.write_text(
+        json.dumps({"mnist": {"source": "dir", "dir": str(folder), "val_size": 50, "seed": 1, "md5": md5s}})
+    )
     prepare_mnist.main(["--params", str(params), "--out", str(tmp_path / "out")])
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["source"] == "dir" and manifest["counts"]["val"] == 50
-    params.write_text(json.dumps({"mnist": {"source": "dir", "dir": str(folder), "val_size": 50, "seed": 1,
-                                            "md5": {**md5s, "train-labels-idx1-ubyte": "0" * 32}}}))
-    with pytest.raises(SystemExit, match="train-labels-idx1-ubyte: md5"):
+    params.write_text(
+        json.dumps(
+            {
+                "mnist": {
+                    "source": "dir",
+                    "dir": str(folder),
+                    "val_size": 50,
+                    "seed": 1,
+                    "md5": {**md5s, "train-labels-idx1-ubyte": "0" * 32},
+                }
+            }
+        )
+    )
+    with pytest.raises(SystemExit) as info:
         prepare_mnist.main(["--params", str(params), "--out", str(tmp_path / "out2")])
+    assert info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1 and err[0].startswith("nnlab.prepare_mnist: error: ") and "train-labels-idx1-ubyte: md5" in err[0]
+    )
     assert not (tmp_path / "out2").exists()
 
 
 def test_blobs_stage(tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text(json.dumps({"blobs": {"n_samples": 500, "centers": 3, "n_features": 2,
-                                            "random_state": 42, "test_size": 0.2}}))
+    params.write_text(
+        json.dumps({"blobs": {"n_samples": 500, "centers": 3, "n_features": 2, "random_state": 42, "test_size": 0.2}})
+    )
     prepare_blobs.main(["--params", str(params), "--out", str(tmp_path / "blobs")])
     data = blobs.load(tmp_path / "blobs")
     (x_train, y_train), (x_val, _) = data["train"], data["val"]

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from nnlab.models import CNN, MLP, LinearClassifier, count_parameters
+from nnlab.models.networks import CNN, MLP, LinearClassifier, count_parameters
 
 
 @pytest.mark.parametrize(

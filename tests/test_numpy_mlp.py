@@ -129,7 +129,7 @@ def test_invalid_init_names_the_allowed_ones():
     [
         ("xavier", lambda w: abs(w.std() - np.sqrt(1 / 784)) < 0.002),
         ("normal", lambda w: abs(w.std() - 1.0) < 0.02),
-        ("uniform", lambda w: -0.5 <= w.min() and w.max() <= 0.5 and abs(w.std() - np.sqrt(1 / 12)) < 0.01),
+        ("uniform", lambda w: w.min() >= -0.5 and w.max() <= 0.5 and abs(w.std() - np.sqrt(1 / 12)) < 0.01),
     ],
 )
 def test_init_distributions(init, check):

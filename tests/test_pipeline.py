@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import REPO, venv_env, write_idx_dir
+from helpers import REPO, venv_env, write_idx_dir
 
 EXPERIMENTS = ("mnist_linear", "mnist_mlp", "mnist_cnn", "blobs_linear")
 
@@ -46,8 +46,12 @@ def repo(tmp_path_factory):
 
 def test_repro_runs_every_stage_and_writes_every_output(repo):
     repo, first = repo
-    for stage in ("prepare_mnist", "prepare_blobs", "compare",
-                  *(f"{s}@{e}" for s in ("train", "evaluate") for e in EXPERIMENTS)):
+    for stage in (
+        "prepare_mnist",
+        "prepare_blobs",
+        "compare",
+        *(f"{s}@{e}" for s in ("train", "evaluate") for e in EXPERIMENTS),
+    ):
         assert f"Running stage '{stage}'" in first.stdout, stage
     assert json.loads((repo / "data" / "mnist" / "manifest.json").read_text())["counts"]["val"] == 100
     assert (repo / "data" / "blobs" / "train.csv").is_file()
@@ -96,9 +100,22 @@ def test_dvc_exp_run_lands_in_the_same_store_with_its_name(repo):
     repo, _ = repo
     _run(repo, "git", "add", "-A")
     _run(repo, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "pipeline")
-    _run(repo, "dvc", "exp", "run", "train@blobs_linear", "-n", "quick-exp",
-         "-S", "train_overrides='trainer.max_epochs=1 trainer.enable_progress_bar=false'")  # -S parses like Hydra
+    _run(
+        repo,
+        "dvc",
+        "exp",
+        "run",
+        "train@blobs_linear",
+        "-n",
+        "quick-exp",
+        "-S",
+        "train_overrides='trainer.max_epochs=1 trainer.enable_progress_bar=false'",
+    )  # -S parses like Hydra
     with sqlite3.connect(repo / "mlflow.db") as db:
-        tags = dict(db.execute("SELECT key, value FROM tags WHERE run_uuid = (SELECT run_uuid FROM tags "
-                               "WHERE key = 'dvc_exp' AND value = 'quick-exp')").fetchall())
+        tags = dict(
+            db.execute(
+                "SELECT key, value FROM tags WHERE run_uuid = (SELECT run_uuid FROM tags "
+                "WHERE key = 'dvc_exp' AND value = 'quick-exp')"
+            ).fetchall()
+        )
     assert tags["dvc_stage"] == "train@blobs_linear" and tags["experiment"] == "blobs_linear"

@@ -7,18 +7,19 @@ import pytest
 import yaml
 
 from nnlab import reference_report, teaching
-from nnlab.activations import ELEMENTWISE, softmax, softmax_jacobian
+from nnlab.models.activations import ELEMENTWISE, softmax, softmax_jacobian
 from nnlab.train import train
 
-from conftest import REPO
+from helpers import REPO
 
 REFERENCE = yaml.safe_load((REPO / "params.yaml").read_text())["reference"]
 
 
 @pytest.mark.parametrize("name", REFERENCE["experiments"])
 def test_each_reference_config_trains_a_step(compose, project, name):
-    cfg = compose(f"experiment={name}", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
-                  "logger=none", "paths=reference")
+    cfg = compose(
+        f"experiment={name}", "trainer.max_epochs=1", "trainer.limit_train_batches=3", "logger=none", "paths=reference"
+    )
     summary = train(cfg)
     assert summary["epochs"] == 1 and 0 <= summary["test_acc"] <= 1
     assert (project / "reference" / "models" / name / "model_summary.txt").read_text().startswith("Model:")
@@ -40,8 +41,15 @@ def test_numpy_network_is_tracked_like_the_others(compose, project, tmp_path):
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    summary = train(compose("experiment=ref_e4_numpy_mlp", "trainer.max_epochs=2", "data.batch_size=8",
-                            "optimizer.lr=0.5", f"logger.mlflow.tracking_uri={uri}"))
+    summary = train(
+        compose(
+            "experiment=ref_e4_numpy_mlp",
+            "trainer.max_epochs=2",
+            "data.batch_size=8",
+            "optimizer.lr=0.5",
+            f"logger.mlflow.tracking_uri={uri}",
+        )
+    )
     assert summary["test_acc"] > 0.5  # synthetic classes, chance is 0.1
     client = MlflowClient(tracking_uri=uri)
     run = client.search_runs([client.get_experiment_by_name("nnlab").experiment_id])[0]
@@ -52,15 +60,27 @@ def test_numpy_network_is_tracked_like_the_others(compose, project, tmp_path):
 
 def test_reference_report_gives_mean_and_std_beside_the_published_figure(compose, project, tmp_path):
     for seed in (1, 2):
-        train(compose("experiment=ref_e5_blobs_linear", f"seed={seed}", f"name=ref_e5_blobs_linear-s{seed}",
-                      "trainer.max_epochs=100", "logger=none", "paths=reference"))
+        train(
+            compose(
+                "experiment=ref_e5_blobs_linear",
+                f"seed={seed}",
+                f"name=ref_e5_blobs_linear-s{seed}",
+                "trainer.max_epochs=100",
+                "logger=none",
+                "paths=reference",
+            )
+        )
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"reference": {"seeds": [1, 2], "experiments": ["ref_e5_blobs_linear"]}}))
     reference_report.main(["--params", str(params)])
     with (project / "reports" / "reference.csv").open() as handle:
         (row,) = list(csv.DictReader(handle))
-    accs = [json.loads((project / "reference" / "metrics" / f"ref_e5_blobs_linear-s{s}" / "test.json").read_text())
-            ["test_acc"] for s in (1, 2)]
+    accs = [
+        json.loads((project / "reference" / "metrics" / f"ref_e5_blobs_linear-s{s}" / "test.json").read_text())[
+            "test_acc"
+        ]
+        for s in (1, 2)
+    ]
     assert float(row["mean_test_acc"]) == pytest.approx(sum(accs) / 2, abs=1e-5)
     assert float(row["published_acc"]) == 1.0 and row["seeds"] == "2" and row["epochs"] == "100"
     report = (project / "reports" / "reference.md").read_text()
@@ -97,8 +117,10 @@ def test_activation_derivatives_match_finite_differences():
         numeric = (f(z + 1e-6) - f(z - 1e-6)) / 2e-6
         assert np.allclose(df(z), numeric, atol=1e-6), name
     scores = np.array([0.3, -1.2, 2.0])
-    numeric = np.stack([(softmax((scores + 1e-6 * e)[None])[0] - softmax((scores - 1e-6 * e)[None])[0]) / 2e-6
-                        for e in np.eye(3)], axis=1)
+    numeric = np.stack(
+        [(softmax((scores + 1e-6 * e)[None])[0] - softmax((scores - 1e-6 * e)[None])[0]) / 2e-6 for e in np.eye(3)],
+        axis=1,
+    )
     assert np.allclose(softmax_jacobian(scores), numeric, atol=1e-6)
 
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from conftest import REPO, venv_env
+from helpers import run_module
 
 
 def _crafted_models(marker: Path) -> dict[str, dict]:
@@ -19,10 +17,17 @@ def _crafted_models(marker: Path) -> dict[str, dict]:
     return {
         "target": write,
         "torch_load": {"_target_": "torch.load", "f": str(marker), "weights_only": False},
-        "nested": {"_target_": "nnlab.models.networks.MLP", "input_shape": [1, 28, 28], "num_classes": 10,
-                   "hidden_sizes": write},
-        "interpolation": {"_target_": "nnlab.models.networks.LinearClassifier", "input_shape": [1, 28, 28],
-                          "num_classes": "${oc.env:HOME}"},
+        "nested": {
+            "_target_": "nnlab.models.networks.MLP",
+            "input_shape": [1, 28, 28],
+            "num_classes": 10,
+            "hidden_sizes": write,
+        },
+        "interpolation": {
+            "_target_": "nnlab.models.networks.LinearClassifier",
+            "input_shape": [1, 28, 28],
+            "num_classes": "${oc.env:HOME}",
+        },
     }
 
 
@@ -44,8 +49,7 @@ def _digit(path: Path) -> Path:
 def test_a_crafted_checkpoint_runs_no_code_in_predict(tmp_path, kind):
     marker = tmp_path / "pwned.txt"
     ckpt = _crafted_checkpoint(tmp_path / "crafted.ckpt", _crafted_models(marker)[kind])
-    proc = subprocess.run([sys.executable, "-m", "nnlab.predict", "--model", str(ckpt), str(_digit(tmp_path / "d.png"))],
-                          capture_output=True, text=True, env=venv_env(), timeout=120, cwd=tmp_path)
+    proc = run_module("nnlab.predict", "--model", str(ckpt), str(_digit(tmp_path / "d.png")), cwd=tmp_path, timeout=120)
     assert not marker.exists()
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -55,19 +59,22 @@ def test_a_crafted_checkpoint_runs_no_code_in_predict(tmp_path, kind):
 def test_a_crafted_checkpoint_runs_no_code_in_evaluate(project, tmp_path):
     marker = tmp_path / "pwned.txt"
     _crafted_checkpoint(project / "models" / "crafted" / "best.ckpt", _crafted_models(marker)["target"])
-    proc = subprocess.run([sys.executable, "-m", "nnlab.evaluate", "experiment=mnist_linear", "name=crafted",
-                           "trainer=cpu"], capture_output=True, text=True, env=venv_env(), timeout=120, cwd=project)
+    proc = run_module(
+        "nnlab.evaluate", "experiment=mnist_linear", "name=crafted", "trainer=cpu", cwd=project, timeout=120
+    )
     assert not marker.exists()
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"nnlab.evaluate: error: {project / 'models' / 'crafted' / 'best.ckpt'}: refusing its saved config: "
         "model._target_: must be one of nnlab.models.networks.LinearClassifier, nnlab.models.networks.MLP, "
-        "nnlab.models.networks.CNN, got 'pathlib.Path.write_text'"]
+        "nnlab.models.networks.CNN, got 'pathlib.Path.write_text'"
+    ]
 
 
 def test_a_genuine_checkpoint_still_loads_through_the_checked_builder(compose):
-    from nnlab.checkpoint import build_network
     from omegaconf import OmegaConf
+
+    from nnlab.models.checkpoint import build_network
 
     cfg = compose("experiment=mnist_cnn")
     net = build_network(OmegaConf.to_container(cfg.model, resolve=True))
@@ -77,10 +84,10 @@ def test_a_genuine_checkpoint_still_loads_through_the_checked_builder(compose):
 
 @pytest.mark.parametrize("name", ["", "../../x", "a/b", "..", "x%y", ".hidden"])
 def test_a_name_that_is_not_plain_is_refused_before_anything_is_written(project, name):
-    proc = subprocess.run([sys.executable, "-m", "nnlab.train", "experiment=blobs_linear", f"name={name}",
-                           "trainer=cpu"], capture_output=True, text=True, env=venv_env(), timeout=120, cwd=project)
+    proc = run_module("nnlab.train", "experiment=blobs_linear", f"name={name}", "trainer=cpu", cwd=project, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "nnlab.train: error: config: config.name: must be a plain name (letters, digits, '.', '_', '-'; "
-        f"starting with a letter or digit), got {name!r}"]
+        f"starting with a letter or digit), got {name!r}"
+    ]
     assert not (project / "models").exists() and not (project.parent / "x").exists()

@@ -1,23 +1,23 @@
 """MLflow records checked through MlflowClient: a SQLite store and a real `mlflow server`."""
 
 import hashlib
-from pathlib import Path
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from nnlab.tracking import flatten, open_run
+from nnlab.tracking.run import flatten, open_run
 from nnlab.train import train
 
-from conftest import REPO, venv_env
+from helpers import REPO, run_module, venv_env
 
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "samples_per_second")
 
@@ -34,10 +34,26 @@ def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("server")
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=venv_env())
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=venv_env(),
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -63,8 +79,11 @@ def store(request, tmp_path, monkeypatch):
 
 
 def _git_init(root):
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x"],
+    ):
         subprocess.run(cmd, cwd=root, check=True, capture_output=True)
 
 
@@ -72,18 +91,35 @@ def test_a_run_records_everything(compose, project, store, monkeypatch):
     _git_init(project)
     monkeypatch.setenv("DVC_STAGE", "train@smoke")
     name = f"record_{store[:4]}"
-    summary = train(compose("experiment=mnist_mlp", f"name={name}", "trainer.max_epochs=2",
-                            "logger.mlflow.tracking_uri=sqlite:////nonexistent/ignored.db"),
-                    overrides=["trainer.max_epochs=2"])
+    summary = train(
+        compose(
+            "experiment=mnist_mlp",
+            f"name={name}",
+            "trainer.max_epochs=2",
+            "logger.mlflow.tracking_uri=sqlite:////nonexistent/ignored.db",
+        ),
+        overrides=["trainer.max_epochs=2"],
+    )
     client = MlflowClient(tracking_uri=store)
-    run = client.search_runs([client.get_experiment_by_name("nnlab").experiment_id],
-                             filter_string=f"attributes.run_name = '{name}'")[0]
+    run = client.search_runs(
+        [client.get_experiment_by_name("nnlab").experiment_id], filter_string=f"attributes.run_name = '{name}'"
+    )[0]
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     assert run.info.status == "FINISHED"
-    manifest_md5 = hashlib.md5((project / "data" / "mnist" / "manifest.json").read_bytes()).hexdigest()
+    folder = project / "data" / "mnist"  # the data's own bytes, not only its manifest
+    digest = hashlib.md5()
+    for path in sorted([*(folder / "raw").iterdir(), folder / "split.npz"], key=lambda p: str(p.relative_to(folder))):
+        rel = path.relative_to(folder).as_posix().encode()
+        digest.update(rel + b"\0" + path.stat().st_size.to_bytes(8, "big") + path.read_bytes())
+    manifest_md5 = digest.hexdigest()
     assert {k: tags[k] for k in ("experiment", "data", "model", "data_md5", "accelerator", "dvc_stage")} == {
-        "experiment": name, "data": "mnist", "model": "MLP", "data_md5": manifest_md5, "accelerator": "cpu",
-        "dvc_stage": "train@smoke"}
+        "experiment": name,
+        "data": "mnist",
+        "model": "MLP",
+        "data_md5": manifest_md5,
+        "accelerator": "cpu",
+        "dvc_stage": "train@smoke",
+    }
     assert len(tags["git_commit"]) == 40 and tags["git_dirty"] in ("True", "False") and tags["device"]
     assert params["model.class"] == "MLP" and params["model.hidden_sizes"] == "[128, 64]"
     assert params["parameters"] == "109386" and params["trainer.max_epochs"] == "2"
@@ -96,8 +132,16 @@ def test_a_run_records_everything(compose, project, store, monkeypatch):
     def listing(path=None):
         return {a.path for a in client.list_artifacts(run.info.run_id, path)}
 
-    assert {"config.yaml", "overrides.txt", "model_summary.txt", "history.csv", "curves.png", "train.json",
-            "checkpoint", "evaluation"} <= listing()
+    assert {
+        "config.yaml",
+        "overrides.txt",
+        "model_summary.txt",
+        "history.csv",
+        "curves.png",
+        "train.json",
+        "checkpoint",
+        "evaluation",
+    } <= listing()
     assert listing("checkpoint") == {"checkpoint/best.ckpt"}
     assert {"evaluation/confusion.png", "evaluation/predictions.png", "evaluation/test.json"} <= listing("evaluation")
     summary_text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/model_summary.txt")
@@ -112,42 +156,50 @@ def test_a_run_records_everything(compose, project, store, monkeypatch):
 def test_registered_model_champion_is_the_best_test_accuracy(compose, project, tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    weak = train(compose("experiment=mnist_linear", "trainer.max_epochs=1", "optimizer.lr=1e-5",
-                         "logger.mlflow.register=true", "logger.mlflow.serialization_format=pickle"))
-    strong = train(compose("experiment=mnist_linear", "trainer.max_epochs=3",
-                           "logger.mlflow.register=true", "logger.mlflow.serialization_format=pickle"))
+    registered = ("experiment=mnist_linear", "logger.mlflow.register=true", "logger.mlflow.serialization_format=pickle")
+    weak = train(compose(*registered, "trainer.max_epochs=1", "optimizer.lr=1e-5"))
+    strong = train(compose(*registered, "trainer.max_epochs=3"))
     assert strong["test_acc"] > weak["test_acc"]
     client = MlflowClient(tracking_uri=uri)
     champion = client.get_model_version_by_alias("nnlab-mnist_linear", "champion")
     assert int(champion.version) == 2
     assert client.get_run(champion.run_id).data.metrics["test_acc"] == pytest.approx(strong["test_acc"])
     # a third, weaker version does not take the alias
-    train(compose("experiment=mnist_linear", "trainer.max_epochs=1", "optimizer.lr=1e-5",
-                  "logger.mlflow.register=true", "logger.mlflow.serialization_format=pickle"))
+    train(compose(*registered, "trainer.max_epochs=1", "optimizer.lr=1e-5"))
     assert client.get_model_version_by_alias("nnlab-mnist_linear", "champion").version == 2
 
 
 def test_failed_and_interrupted_runs_are_never_left_running(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
-    with pytest.raises(ZeroDivisionError):
-        with open_run("nnlab", "crash", tmp_path, uri) as run:
-            1 / 0
+    with pytest.raises(ZeroDivisionError), open_run("nnlab", "crash", tmp_path, uri) as run:
+        _ = 1 / 0
     assert client.get_run(run.run_id).info.status == "FAILED"
     assert client.get_run(run.run_id).data.tags["error"] == "ZeroDivisionError: division by zero"
-    with pytest.raises(KeyboardInterrupt):
-        with open_run("nnlab", "ctrl-c", tmp_path, uri) as run:
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), open_run("nnlab", "ctrl-c", tmp_path, uri) as run:
+        raise KeyboardInterrupt
     assert client.get_run(run.run_id).info.status == "KILLED"
 
 
 def test_ctrl_c_during_training_ends_the_run_killed(project, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nnlab.train", "experiment=blobs_linear", "trainer.max_epochs=100000",
-         "trainer=cpu", "trainer.enable_progress_bar=false", f"logger.mlflow.tracking_uri={uri}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=venv_env(NNLAB_ROOT=str(project)),
-        cwd=REPO)
+        [
+            sys.executable,
+            "-m",
+            "nnlab.train",
+            "experiment=blobs_linear",
+            "trainer.max_epochs=100000",
+            "trainer=cpu",
+            "trainer.enable_progress_bar=false",
+            f"logger.mlflow.tracking_uri={uri}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=venv_env(NNLAB_ROOT=str(project)),
+        cwd=REPO,
+    )
     client = MlflowClient(tracking_uri=uri)
     deadline = time.time() + 120
     run = None
@@ -170,18 +222,29 @@ def test_ctrl_c_during_training_ends_the_run_killed(project, tmp_path):
 def test_parallel_sweep_jobs_all_complete(project, tmp_path, request, where):
     """4 jobs at once through the joblib launcher, into a store nobody created beforehand."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}" if where == "sqlite" else request.getfixturevalue("server")
-    result = subprocess.run(
-        [sys.executable, "-m", "nnlab.train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4",
-         "experiment=blobs_linear", f"name=parallel_{where}", "optimizer.lr=0.01,0.02,0.05,0.1",
-         "trainer.max_epochs=2", "trainer=cpu", "trainer.enable_progress_bar=false",
-         "logger.mlflow.log_model=false"],
-        capture_output=True, text=True, env=venv_env(NNLAB_ROOT=str(project), MLFLOW_TRACKING_URI=uri),
-        timeout=600, cwd=REPO)
+    result = run_module(
+        "nnlab.train",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=4",
+        "experiment=blobs_linear",
+        f"name=parallel_{where}",
+        "optimizer.lr=0.01,0.02,0.05,0.1",
+        "trainer.max_epochs=2",
+        "trainer=cpu",
+        "trainer.enable_progress_bar=false",
+        "logger.mlflow.log_model=false",
+        cwd=REPO,
+        timeout=600,
+        NNLAB_ROOT=str(project),
+        MLFLOW_TRACKING_URI=uri,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "database is locked" not in result.stderr
     client = MlflowClient(tracking_uri=uri)
-    runs = client.search_runs([client.get_experiment_by_name("nnlab").experiment_id],
-                              filter_string=f"tags.experiment = 'parallel_{where}'")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("nnlab").experiment_id], filter_string=f"tags.experiment = 'parallel_{where}'"
+    )
     parent = next(r for r in runs if r.data.tags.get("sweep") == "parent")
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 4
@@ -202,18 +265,26 @@ def test_credentials_in_the_tracking_uri_reach_no_file_param_or_artifact(project
     """`user:secret@` in the URI goes to MLFLOW_TRACKING_USERNAME/PASSWORD; nothing written keeps it."""
     secret = "s3cretPassw0rd"
     uri = server.replace("http://", f"http://alice:{secret}@")
-    proc = subprocess.run(
-        [sys.executable, "-m", "nnlab.train", "experiment=blobs_linear", "name=cred", "trainer=cpu",
-         "trainer.max_epochs=1", "trainer.enable_progress_bar=false", f"logger.mlflow.tracking_uri={uri}",
-         "logger.mlflow.serialization_format=pickle"],
-        capture_output=True, text=True, env=venv_env(NNLAB_ROOT=str(project)), timeout=300, cwd=project)
+    proc = run_module(
+        "nnlab.train",
+        "experiment=blobs_linear",
+        "name=cred",
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        f"logger.mlflow.tracking_uri={uri}",
+        "logger.mlflow.serialization_format=pickle",
+        cwd=project,
+        NNLAB_ROOT=str(project),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     written = [p for p in project.rglob("*") if p.is_file() and "data" not in p.relative_to(project).parts[:1]]
     assert any(p.name == "best.ckpt" for p in written) and any(p.name == "overrides.yaml" for p in written)
     assert [p for p in written if secret.encode() in p.read_bytes()] == []
     client = MlflowClient(tracking_uri=server)
-    run = client.search_runs([client.get_experiment_by_name("nnlab").experiment_id],
-                             filter_string="attributes.run_name = 'cred'")[0]
+    run = client.search_runs(
+        [client.get_experiment_by_name("nnlab").experiment_id], filter_string="attributes.run_name = 'cred'"
+    )[0]
     assert run.data.params["logger.mlflow.tracking_uri"] == server
     assert secret not in str(run.data.tags)
     local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, tracking_uri=server, dst_path=str(tmp_path))

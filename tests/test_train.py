@@ -1,16 +1,14 @@
 import csv
 import json
-import subprocess
-import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from nnlab.checkpoint import load_network
 from nnlab.evaluate import evaluate
+from nnlab.models.checkpoint import load_network
 from nnlab.train import train
 
-from conftest import REPO, venv_env
+from helpers import REPO, run_module
 
 
 def _store(tmp_path) -> str:
@@ -26,8 +24,14 @@ def _runs(uri: str):
 @pytest.mark.parametrize("model", ["linear", "mlp", "cnn"])
 def test_training_smoke_writes_outputs_and_tracks_the_run(compose, project, tmp_path, model):
     uri = _store(tmp_path)
-    cfg = compose("data=mnist", f"model={model}", f"name=smoke_{model}", "optimizer.lr=0.003",
-                  "trainer.max_epochs=3", f"logger.mlflow.tracking_uri={uri}")
+    cfg = compose(
+        "data=mnist",
+        f"model={model}",
+        f"name=smoke_{model}",
+        "optimizer.lr=0.003",
+        "trainer.max_epochs=3",
+        f"logger.mlflow.tracking_uri={uri}",
+    )
     summary = train(cfg)
 
     assert summary["epochs"] == 3 and summary["test_acc"] > 0.8  # chance is 0.1
@@ -75,7 +79,10 @@ def test_checkpoint_restores_into_the_same_network_and_evaluate_agrees(compose, 
     client, runs = _runs(uri)
     assert runs[0].data.metrics["test_acc_class_3"] == metrics["per_class_accuracy"]["3"]
     assert {a.path for a in client.list_artifacts(runs[0].info.run_id, "evaluation")} >= {
-        "evaluation/confusion.png", "evaluation/predictions.png", "evaluation/test.json"}
+        "evaluation/confusion.png",
+        "evaluation/predictions.png",
+        "evaluation/test.json",
+    }
 
 
 def test_blobs_linear_reaches_full_validation_accuracy(compose, project):
@@ -92,20 +99,46 @@ def test_same_seed_same_metrics(compose, project):
 
 def test_a_crashing_run_ends_failed_with_the_error(compose, project, tmp_path):
     uri = _store(tmp_path)
-    cfg = compose("data=mnist", "model=linear", "data.data_dir=/nonexistent/mnist", f"logger.mlflow.tracking_uri={uri}")
-    with pytest.raises(Exception, match="no prepared MNIST"):
+    cfg = compose(
+        "data=mnist", "model=linear", "data.num_classes=5", "model.num_classes=5", f"logger.mlflow.tracking_uri={uri}"
+    )
+    with pytest.raises(Exception, match="data.num_classes=5 does not match the data"):
         train(cfg)
     _, runs = _runs(uri)
     assert [r.info.status for r in runs] == ["FAILED"]
-    assert "no prepared MNIST in /nonexistent/mnist" in runs[0].data.tags["error"]
+    assert "data.num_classes=5 does not match the data" in runs[0].data.tags["error"]
+
+
+def test_missing_data_is_one_line_before_any_run_starts(project, tmp_path):
+    uri = _store(tmp_path)
+    proc = run_module(
+        "nnlab.train",
+        "data=mnist",
+        "model=linear",
+        "trainer=cpu",
+        "data.data_dir=/nonexistent/mnist",
+        f"logger.mlflow.tracking_uri={uri}",
+        cwd=project,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("nnlab.train: error: /nonexistent/mnist: no prepared MNIST")
+    assert _runs(uri)[1] == []
 
 
 def test_multirun_sweep_is_one_parent_run_with_a_child_per_job(project, tmp_path):
     uri = _store(tmp_path)
-    result = subprocess.run(
-        [sys.executable, "-m", "nnlab.train", "-m", "experiment=blobs_linear", "optimizer.lr=0.001,0.1",
-         "trainer.max_epochs=3", "trainer=cpu", "logger.mlflow.log_model=false", f"logger.mlflow.tracking_uri={uri}"],
-        capture_output=True, text=True, env=venv_env(NNLAB_ROOT=str(project)), timeout=300, cwd=REPO)
+    result = run_module(
+        "nnlab.train",
+        "-m",
+        "experiment=blobs_linear",
+        "optimizer.lr=0.001,0.1",
+        "trainer.max_epochs=3",
+        "trainer=cpu",
+        "logger.mlflow.log_model=false",
+        f"logger.mlflow.tracking_uri={uri}",
+        cwd=REPO,
+        NNLAB_ROOT=str(project),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     _, runs = _runs(uri)
     parents = [r for r in runs if r.data.tags.get("sweep") == "parent"]
@@ -126,11 +159,19 @@ def test_multirun_sweep_is_one_parent_run_with_a_child_per_job(project, tmp_path
 
 def test_ddp_on_two_cpu_processes_tracks_one_run(project, tmp_path):
     uri = _store(tmp_path)
-    result = subprocess.run(
-        [sys.executable, "-m", "nnlab.train", "experiment=blobs_linear", "trainer=ddp", "trainer.accelerator=cpu",
-         "trainer.devices=2", "trainer.max_epochs=3", "trainer.enable_progress_bar=false",
-         "logger.mlflow.log_model=false", f"logger.mlflow.tracking_uri={uri}"],
-        capture_output=True, text=True, env=venv_env(NNLAB_ROOT=str(project)), timeout=300, cwd=REPO)
+    result = run_module(
+        "nnlab.train",
+        "experiment=blobs_linear",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.max_epochs=3",
+        "trainer.enable_progress_bar=false",
+        "logger.mlflow.log_model=false",
+        f"logger.mlflow.tracking_uri={uri}",
+        cwd=REPO,
+        NNLAB_ROOT=str(project),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr
     client, runs = _runs(uri)

@@ -6,22 +6,26 @@ params.yaml; writes reports/comparison.md, reports/comparison.csv and reports/va
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-from nnlab import plots, stage
-from nnlab.history import write_rows
-from nnlab.paths import find_root
-from nnlab.references import REFERENCES, published_accuracy
-from nnlab.reporting import console, read_json
+from nnlab.config.params import stage_setup
+from nnlab.report import plots
+from nnlab.report.references import REFERENCES, published_accuracy
+from nnlab.report.tables import console, read_history, read_json, write_rows
 
-COLUMNS = ("experiment", "data", "model", "parameters", "epochs", "train_seconds", "best_val_acc",
-           "test_acc", "reference", "published_acc", "difference")
-
-
-def read_history(path: Path) -> list[dict]:
-    with Path(path).open() as handle:
-        return [{k: float(v) if v not in ("", None) else None for k, v in row.items()} for row in csv.DictReader(handle)]
+COLUMNS = (
+    "experiment",
+    "data",
+    "model",
+    "parameters",
+    "epochs",
+    "train_seconds",
+    "best_val_acc",
+    "test_acc",
+    "reference",
+    "published_acc",
+    "difference",
+)
 
 
 def row_for(name: str, spec: dict, root: Path) -> dict:
@@ -29,10 +33,16 @@ def row_for(name: str, spec: dict, root: Path) -> dict:
     test = read_json(root / "metrics" / name / "test.json")
     published = published_accuracy(train.get("reference"))
     return {
-        "experiment": name, "data": spec.get("data"), "model": spec.get("model"),
-        "parameters": train["parameters"], "epochs": train["epochs"], "train_seconds": train["train_seconds"],
-        "best_val_acc": train["best_val_acc"], "test_acc": test["test_acc"],
-        "reference": train.get("reference") or "", "published_acc": published,
+        "experiment": name,
+        "data": spec.get("data"),
+        "model": spec.get("model"),
+        "parameters": train["parameters"],
+        "epochs": train["epochs"],
+        "train_seconds": train["train_seconds"],
+        "best_val_acc": train["best_val_acc"],
+        "test_acc": test["test_acc"],
+        "reference": train.get("reference") or "",
+        "published_acc": published,
         "difference": None if published is None else round(test["test_acc"] - published, 4),
     }
 
@@ -46,12 +56,28 @@ def _cell(value) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ["experiment", "data", "model", "parameters", "epochs", "train s", "best val acc", "test acc",
-            "reference", "published", "difference"]
-    lines = ["# Comparison", "",
-             "Test accuracy on held-out data (MNIST: the official 10,000 test images; blobs: the "
-             "validation split), beside the published figure of the matching reference experiment.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    head = [
+        "experiment",
+        "data",
+        "model",
+        "parameters",
+        "epochs",
+        "train s",
+        "best val acc",
+        "test acc",
+        "reference",
+        "published",
+        "difference",
+    ]
+    lines = [
+        "# Comparison",
+        "",
+        "Test accuracy on held-out data (MNIST: the official 10,000 test images; blobs: the "
+        "validation split), beside the published figure of the matching reference experiment.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for r in rows:
         cells = [_cell(r[c]) for c in COLUMNS]
         cells[-1] = "–" if r["difference"] is None else f"{r['difference'] * 100:+.2f} pp"
@@ -64,11 +90,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = stage.parser(__doc__, "reports").parse_args(argv)
-    root = find_root()
-    experiments = stage.params_section(args.params, "experiments")
-    out = args.out or root / "reports"
-    out.mkdir(parents=True, exist_ok=True)
+    root, experiments, out = stage_setup(__doc__, "experiments", argv=argv)
     rows = [row_for(name, spec, root) for name, spec in experiments.items()]
     write_rows(out / "comparison.csv", rows, COLUMNS)
     (out / "comparison.md").write_text(markdown(rows))

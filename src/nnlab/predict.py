@@ -2,7 +2,7 @@
 
 MODEL is a checkpoint written by nnlab (``models/<name>/best.ckpt``) or an MLflow model URI
 (``runs:/<run_id>/model``, ``models:/<name>@<alias>``). Each image is preprocessed like MNIST
-(see nnlab.images). Exit status: 0 all classified, 1 some file failed, 2 bad model or usage.
+(see nnlab.data.images). Exit status: 0 all classified, 1 some file failed, 2 bad model or usage.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from nnlab.images import ImageError, load_digit
+from nnlab.config.errors import first_line
+from nnlab.data.images import ImageError, load_digit
+from nnlab.models.activations import softmax
 
 PROG = "nnlab.predict"
 INPUT_SHAPE = (1, 28, 28)
@@ -30,11 +32,6 @@ class ModelError(RuntimeError):
     """A model that cannot be loaded or does not take 28×28 images."""
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
-
-
 def is_mlflow_uri(spec: str) -> bool:
     return spec.startswith(MLFLOW_SCHEMES) or "://" in spec
 
@@ -42,7 +39,7 @@ def is_mlflow_uri(spec: str) -> bool:
 def _from_checkpoint(path: str) -> Predictor:
     import torch
 
-    from nnlab.checkpoint import deployable, load_network
+    from nnlab.models.checkpoint import deployable, load_network
 
     net, cfg = load_network(path)
     shape = tuple(cfg.data.get("input_shape") or ())
@@ -77,8 +74,8 @@ def _quiet_mlflow() -> Iterator[None]:
 def _from_mlflow(uri: str) -> Predictor:
     import mlflow
 
-    from nnlab.paths import find_root
-    from nnlab.tracking.mlflow_run import resolve_tracking_uri
+    from nnlab.config.paths import find_root
+    from nnlab.tracking.run import resolve_tracking_uri
 
     mlflow.set_tracking_uri(resolve_tracking_uri(None, find_root()))
     with _quiet_mlflow():
@@ -101,14 +98,14 @@ def load_model(spec: str) -> Predictor:
     except ModelError:
         raise
     except Exception as exc:
-        raise ModelError(f"cannot load model {spec}: {_one_line(exc)}") from exc
+        raise ModelError(f"cannot load model {spec}: {first_line(exc)}") from exc
 
 
 def _call(predict: Predictor, batch: np.ndarray) -> np.ndarray:
     try:
         logits = np.asarray(predict(batch), dtype=np.float64)
     except Exception as exc:
-        raise ModelError(f"the model failed on {list(batch.shape)} images: {_one_line(exc)}") from exc
+        raise ModelError(f"the model failed on {list(batch.shape)} images: {first_line(exc)}") from exc
     if logits.ndim != 2 or len(logits) != len(batch):
         raise ModelError(f"the model returned shape {list(logits.shape)}, not ({len(batch)}, classes) logits")
     return logits
@@ -123,11 +120,6 @@ def logits_of(predict: Predictor, batch: np.ndarray) -> np.ndarray:
         if len(batch) == 1:
             raise
         return np.concatenate([_call(predict, batch[i : i + 1]) for i in range(len(batch))])
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def top_k(probabilities: np.ndarray, k: int) -> list[dict]:
@@ -165,8 +157,7 @@ def _report(results: list[dict], as_json: bool) -> None:
         if "error" in result:
             print(f"{result['file']}: error: {result['error']}", file=sys.stderr)
     if as_json:
-        ordered = [r if "error" in r else {"file": r["file"], "label": r["label"], "top": r["top"]}
-                   for r in results]
+        ordered = [r if "error" in r else {"file": r["file"], "label": r["label"], "top": r["top"]} for r in results]
         print(json.dumps(ordered, indent=2))
     else:
         for result in results:
@@ -183,8 +174,9 @@ def _positive(text: str) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True,
-                        help="an nnlab .ckpt, or an MLflow URI: runs:/<id>/model, models:/<name>@<alias>")
+    parser.add_argument(
+        "--model", required=True, help="an nnlab .ckpt, or an MLflow URI: runs:/<id>/model, models:/<name>@<alias>"
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of one line per file")
     parser.add_argument("--top", type=_positive, default=3, help="how many classes to list (default 3)")
     parser.add_argument("--max-bytes", type=_positive, default=20_000_000, help="largest file accepted")

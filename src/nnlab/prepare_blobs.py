@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from nnlab import stage
+from nnlab.config.errors import fail
+from nnlab.config.params import params_section, parser
+from nnlab.config.paths import find_root
 from nnlab.data import blobs
-from nnlab.paths import find_root
-from nnlab.reporting import console
+from nnlab.data.idx import DataError
+from nnlab.report.tables import console
+
+PROG = "nnlab.prepare_blobs"
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = stage.parser(__doc__, "data/blobs").parse_args(argv)
-    p = stage.params_section(args.params, "blobs")
-    data = blobs.make(int(p["n_samples"]), int(p["centers"]), int(p["n_features"]),
-                      int(p["random_state"]), float(p["test_size"]))
+    args = parser(__doc__, "data/blobs").parse_args(argv)
     out = args.out or find_root() / "data" / "blobs"
-    blobs.write(out, data)
+    try:
+        data = blobs.make(**blobs.check_params(params_section(args.params, "blobs")))
+        blobs.write(out, data)
+    except DataError as exc:
+        fail(PROG, str(exc), code=1)
     console.print(f"blobs: train {len(data['train'][1])}, val {len(data['val'][1])} -> {out}")
 
 

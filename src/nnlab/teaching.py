@@ -1,52 +1,24 @@
 """Stage teaching: the activation functions and why saturating ones slow deep learning.
 
 Plots sigmoid, tanh, ReLU, identity (and softmax) with their derivatives from the package's
-own definitions (nnlab.activations), and measures the gradient norm of every layer of the E4
+own definitions (nnlab.models.activations), and measures the gradient norm of every layer of the E4
 NumPy network, and of a deeper sigmoid stack, on real MNIST images. Writes
 reports/activations.md, reports/activations.png and reports/gradient_norms.png.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import numpy as np
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from nnlab import activations, stage  # noqa: E402
-from nnlab.data import mnist  # noqa: E402
-from nnlab.models.numpy_mlp import NumpyMLP  # noqa: E402
-from nnlab.paths import find_root  # noqa: E402
-from nnlab.reporting import console  # noqa: E402
+from nnlab.config.params import parser
+from nnlab.config.paths import find_root
+from nnlab.data import mnist
+from nnlab.models import activations
+from nnlab.models.numpy_mlp import NumpyMLP
+from nnlab.report import plots
+from nnlab.report.tables import console
 
 NETWORKS = {"E4: 784-128-64-10": (128, 64), "deeper: 784-(64 x 6)-10": (64,) * 6}
-
-
-def plot_activations(path: Path) -> Path:
-    z = np.linspace(-6, 6, 481)
-    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(13, 3.8))
-    for name, (f, df) in activations.ELEMENTWISE.items():
-        style = ":" if name == "identity" else "-"  # identity overlaps ReLU for z > 0
-        left.plot(z, f(z), style, label=name)
-        middle.plot(z, df(z), style, label=f"{name}'")
-    left.set(title="activation f(z)", xlabel="z", ylim=(-1.5, 3))
-    middle.set(title="derivative f'(z)", xlabel="z", ylim=(-0.1, 1.2))
-    scores = np.stack([z, np.zeros_like(z), np.full_like(z, 1.0)], axis=1)
-    probs = activations.softmax(scores)
-    for k, label in enumerate(("class 0: score z", "class 1: score 0", "class 2: score 1")):
-        right.plot(z, probs[:, k], label=label)
-    right.plot(z, [activations.softmax_jacobian(s)[0, 0] for s in scores], "k--", label="d p0 / d z")
-    right.set(title="softmax over three scores", xlabel="z")
-    for ax in (left, middle, right):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def gradient_norms(x: np.ndarray, y: np.ndarray) -> dict[str, list[float]]:
@@ -54,57 +26,56 @@ def gradient_norms(x: np.ndarray, y: np.ndarray) -> dict[str, list[float]]:
     return {name: NumpyMLP(hidden_sizes=sizes, seed=0).gradient_norms(x, y) for name, sizes in NETWORKS.items()}
 
 
-def plot_norms(norms: dict[str, list[float]], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, values in norms.items():
-        ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
-    ax.set(yscale="log", xlabel="layer (1 = next to the input)", ylabel="‖∂loss/∂W‖",
-           title="gradient norm per layer, sigmoid networks at initialisation")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def markdown(norms: dict[str, list[float]]) -> str:
-    rows = ["| network | " + " | ".join(f"layer {i}" for i in range(1, 9)) + " | first / last |",
-            "|---|" + "---|" * 9]
+    rows = ["| network | " + " | ".join(f"layer {i}" for i in range(1, 9)) + " | first / last |", "|---|" + "---|" * 9]
     for name, values in norms.items():
         cells = [f"{v:.2e}" for v in values] + [""] * (8 - len(values))
         rows.append(f"| {name} | " + " | ".join(cells) + f" | {values[0] / values[-1]:.2g} |")
-    return "\n".join([
-        "# Activation functions", "",
-        "Plotted from `nnlab.activations`, the definitions the NumPy network (E4) uses.", "",
-        "![activations and derivatives](activations.png)", "",
-        "| function | f(z) | f'(z) | largest slope |", "|---|---|---|---|",
-        "| sigmoid | 1 / (1 + e^-z) | f(z) (1 - f(z)) | 0.25 at z = 0 |",
-        "| tanh | (e^z - e^-z) / (e^z + e^-z) | 1 - f(z)² | 1 at z = 0 |",
-        "| ReLU | max(z, 0) | 1 for z > 0, else 0 | 1 |",
-        "| identity | z | 1 | 1 |",
-        "| softmax | e^z_i / Σ_j e^z_j | p_i (δ_ij - p_j) | 0.25 |", "",
-        "## Why saturating activations slow learning in deep stacks", "",
-        "Backpropagation multiplies, layer by layer, the weights and the activation's derivative. "
-        "A sigmoid's derivative is at most 0.25 and nearly 0 once |z| passes 4, so each sigmoid "
-        "layer shrinks the gradient that reaches the layers below it: the first layers of a deep "
-        "sigmoid network learn far more slowly than the last. tanh saturates too (slope 1 only at 0); "
-        "ReLU passes the gradient unchanged wherever it is active, which is why deep networks use it.", "",
-        "Measured on 1,000 MNIST training images, NumPy networks with sigmoid layers at their "
-        "(xavier) initialisation: the norm of the loss gradient of each layer's weights.", "",
-        *rows, "", "![gradient norms](gradient_norms.png)", ""])
+    return "\n".join(
+        [
+            "# Activation functions",
+            "",
+            "Plotted from `nnlab.models.activations`, the definitions the NumPy network (E4) uses.",
+            "",
+            "![activations and derivatives](activations.png)",
+            "",
+            "| function | f(z) | f'(z) | largest slope |",
+            "|---|---|---|---|",
+            "| sigmoid | 1 / (1 + e^-z) | f(z) (1 - f(z)) | 0.25 at z = 0 |",
+            "| tanh | (e^z - e^-z) / (e^z + e^-z) | 1 - f(z)² | 1 at z = 0 |",
+            "| ReLU | max(z, 0) | 1 for z > 0, else 0 | 1 |",
+            "| identity | z | 1 | 1 |",
+            "| softmax | e^z_i / Σ_j e^z_j | p_i (δ_ij - p_j) | 0.25 |",
+            "",
+            "## Why saturating activations slow learning in deep stacks",
+            "",
+            "Backpropagation multiplies, layer by layer, the weights and the activation's derivative. "
+            "A sigmoid's derivative is at most 0.25 and nearly 0 once |z| passes 4, so each sigmoid "
+            "layer shrinks the gradient that reaches the layers below it: the first layers of a deep "
+            "sigmoid network learn far more slowly than the last. tanh saturates too (slope 1 only at 0); "
+            "ReLU passes the gradient unchanged wherever it is active, which is why deep networks use it.",
+            "",
+            "Measured on 1,000 MNIST training images, NumPy networks with sigmoid layers at their "
+            "(xavier) initialisation: the norm of the loss gradient of each layer's weights.",
+            "",
+            *rows,
+            "",
+            "![gradient norms](gradient_norms.png)",
+            "",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = stage.parser(__doc__, "reports").parse_args(argv)
+    args = parser(__doc__, "reports").parse_args(argv)
     root = find_root()
     out = args.out or root / "reports"
     out.mkdir(parents=True, exist_ok=True)
     images, labels = mnist.load(root / "data" / "mnist")["train"]
     n = min(1000, len(images))
     norms = gradient_norms(images[:n].reshape(n, -1) / 255.0, labels[:n].astype(np.int64))
-    plot_activations(out / "activations.png")
-    plot_norms(norms, out / "gradient_norms.png")
+    plots.activation_functions(activations, out / "activations.png")
+    plots.gradient_norms(norms, out / "gradient_norms.png")
     (out / "activations.md").write_text(markdown(norms))
     console.print(f"teaching page -> {out / 'activations.md'}")
 

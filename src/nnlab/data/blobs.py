@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from nnlab.data.idx import DataError
+from nnlab.data.idx import DataError, read_bytes
+from nnlab.data.integrity import BLOBS_REPAIR, replace_dir
+
+REPAIR = BLOBS_REPAIR  # what to run when data/blobs is bad
 
 
 def make(n_samples: int, centers: int, n_features: int, random_state: int, test_size: float) -> dict:
@@ -34,21 +40,207 @@ def _write_csv(path: Path, x: np.ndarray, y: np.ndarray) -> None:
 
 
 def write(out_dir: Path, data: dict) -> None:
+    """train.csv, val.csv and scaler.json, written to a temporary folder beside ``out_dir`` and
+    then renamed into place: on any error the previous ``out_dir`` is left as it was."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for split in ("train", "val"):
-        _write_csv(out_dir / f"{split}.csv", *data[split])
-    (out_dir / "scaler.json").write_text(json.dumps(data["scaler"], indent=2) + "\n")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".blobs-", dir=out_dir.parent))
+    tmp.chmod(0o755)
+    try:
+        for split in ("train", "val"):
+            _write_csv(tmp / f"{split}.csv", *data[split])
+        (tmp / "scaler.json").write_text(json.dumps(data["scaler"], indent=2) + "\n")
+        replace_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load(data_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(points float32, labels) for train and val; the validation split is also the test split."""
+def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(points float32, labels int64, line number of each row) of one CSV; one-line DataError
+    naming the file and line for anything that is not what ``_write_csv`` writes."""
+    try:
+        text = read_bytes(path, REPAIR).decode()
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a text file; {REPAIR}") from None
+    if not text.strip():
+        raise DataError(f"{path}: empty file (no header, no rows); {REPAIR}")
+    lines = text.split("\n")
+    if lines[-1] != "":
+        raise DataError(
+            f"{path} line {len(lines)}: incomplete last line (no newline at the end: truncated file?); {REPAIR}"
+        )
+    lines.pop()
+    header = [cell.strip() for cell in lines[0].split(",")]
+    n_features = len(header) - 1
+    if n_features < 1 or header != [f"x{i + 1}" for i in range(n_features)] + ["label"]:
+        raise DataError(f"{path} line 1: header {lines[0][:60]!r} is not x1,...,xN,label; {REPAIR}")
+    if len(lines) == 1:
+        raise DataError(f"{path}: header only, no data rows; {REPAIR}")
+    x = np.empty((len(lines) - 1, n_features), dtype=np.float64)
+    y = np.empty(len(lines) - 1, dtype=np.int64)
+    for row, line in enumerate(lines[1:]):
+        number = row + 2
+        cells = line.split(",")
+        if len(cells) != n_features + 1:
+            raise DataError(
+                f"{path} line {number}: {len(cells)} columns, expected {n_features + 1} "
+                f"(truncated or malformed row); {REPAIR}"
+            )
+        for col, cell in enumerate(cells):
+            name = header[col]
+            try:
+                value = float(cell)
+            except ValueError:
+                raise DataError(
+                    f"{path} line {number}, column {name}: {cell.strip()[:30]!r} is not a number; {REPAIR}"
+                ) from None
+            if not math.isfinite(value):
+                raise DataError(f"{path} line {number}, column {name}: {cell.strip()} is not a finite number; {REPAIR}")
+            if col < n_features:
+                x[row, col] = value
+            elif value != int(value) or not cell.strip().lstrip("+-").isdigit():
+                raise DataError(f"{path} line {number}, column label: {cell.strip()} is not an integer class; {REPAIR}")
+            elif value < 0:
+                raise DataError(f"{path} line {number}, column label: {cell.strip()} is negative; {REPAIR}")
+            else:
+                y[row] = int(value)
+    return x.astype(np.float32), y, np.arange(2, len(lines) + 1)
+
+
+def _check_labels(tables: dict[str, tuple[Path, np.ndarray, np.ndarray]]) -> None:
+    """make_blobs gives every class 0..K-1 the same number of points (±1) over train + val.
+    A class that is missing, or one far rarer than the rest, means a changed label."""
+    counts = np.bincount(np.concatenate([y for _, y, _ in tables.values()]))
+    present = np.flatnonzero(counts)
+    folder = next(iter(tables.values()))[0].parent
+    names = " and ".join(path.name for path, _, _ in tables.values())
+    if len(present) < 2:
+        raise DataError(
+            f"{folder}: every row of {names} has label {present[0]}, blobs need at least 2 classes; {REPAIR}"
+        )
+    if counts.min() > 0 and counts.max() - counts.min() <= 1:
+        return
+    typical = np.median(counts[present])
+    outliers = [c for c in present if counts[c] * 2 < typical]
+    if outliers:  # a class far rarer than the rest: point at its first row
+        others = counts[[c for c in present if c not in outliers]]
+        for path, y, line_numbers in tables.values():
+            hits = np.flatnonzero(np.isin(y, outliers))
+            if hits.size:
+                label = int(y[hits[0]])
+                raise DataError(
+                    f"{path} line {line_numbers[hits[0]]}, column label: class {label} occurs {counts[label]} "
+                    f"time(s) in {names} while the other classes occur {others.min()}-{others.max()} times "
+                    f"(a corrupted label?); {REPAIR}"
+                )
+    missing = np.flatnonzero(counts == 0)
+    if missing.size:
+        raise DataError(
+            f"{folder}: labels {missing.tolist()} never occur in {names}, but the labels must "
+            f"be 0..{len(counts) - 1}; {REPAIR}"
+        )
+    raise DataError(
+        f"{folder}: the classes 0..{len(counts) - 1} occur {counts.tolist()} times in {names}, "
+        f"but make_blobs gives each class the same number of points (a changed label?); {REPAIR}"
+    )
+
+
+def _check_scaler(path: Path, n_features: int) -> None:
+    try:
+        scaler = json.loads(path.read_text())
+        mean, scale = np.asarray(scaler["mean"], dtype=np.float64), np.asarray(scaler["scale"], dtype=np.float64)
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError):
+        raise DataError(f"{path}: not a scaler file with 'mean' and 'scale' lists; {REPAIR}") from None
+    if mean.shape != (n_features,) or scale.shape != (n_features,):
+        raise DataError(
+            f"{path}: mean and scale must have {n_features} values (one per column of the CSVs), "
+            f"got {mean.size} and {scale.size}; {REPAIR}"
+        )
+    if not (np.isfinite(mean).all() and np.isfinite(scale).all() and (scale > 0).all()):
+        raise DataError(f"{path}: mean and scale must be finite and scale > 0; {REPAIR}")
+
+
+def load(data_dir: Path, check_labels: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(points float32, labels) for train and val; the validation split is also the test split.
+
+    Every problem is a one-line DataError naming the file (and line) and `dvc repro prepare_blobs`:
+    a missing, empty, header-only or truncated CSV, a non-numeric or non-finite cell, a negative
+    or non-integer label, CSVs with different columns, a bad scaler.json (checked when present)
+    and, with ``check_labels``, classes that are not the balanced 0..K-1 that make_blobs writes.
+    """
     data_dir = Path(data_dir)
     if not (data_dir / "train.csv").is_file():
         raise DataError(f"no prepared blobs in {data_dir}: run `dvc repro prepare_blobs` first")
-    out = {}
+    tables = {}
     for split in ("train", "val"):
-        table = np.loadtxt(data_dir / f"{split}.csv", delimiter=",", skiprows=1, ndmin=2)
-        out[split] = (table[:, :-1].astype(np.float32), table[:, -1].astype(np.int64))
+        path = data_dir / f"{split}.csv"
+        x, y, line_numbers = _read_csv(path)
+        tables[split] = (path, x, y, line_numbers)
+    n_features = tables["train"][1].shape[1]
+    if tables["val"][1].shape[1] != n_features:
+        raise DataError(
+            f"{tables['val'][0]}: {tables['val'][1].shape[1]} feature columns but train.csv has {n_features}; {REPAIR}"
+        )
+    if (data_dir / "scaler.json").exists():
+        _check_scaler(data_dir / "scaler.json", n_features)
+    if check_labels:
+        _check_labels({split: (path, y, lines) for split, (path, _, y, lines) in tables.items()})
+    out = {split: (x, y) for split, (_, x, y, _) in tables.items()}
     out["test"] = out["val"]
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# params.yaml validation (the prepare_blobs stage calls this before writing anything)
+
+PARAM_KEYS = ("n_samples", "centers", "n_features", "random_state", "test_size")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_params(params: dict) -> dict:
+    """The ``blobs:`` section of params.yaml, checked (all five keys required, no others);
+    returns it with plain int/float values. One-line DataError otherwise."""
+
+    def error(key: str, need: str, value: object) -> DataError:
+        return DataError(f"params.yaml blobs.{key}: must be {need}, got {value!r}")
+
+    if not isinstance(params, dict):
+        raise DataError(f"params.yaml blobs: must be a mapping of {', '.join(PARAM_KEYS)}, got {params!r}")
+    unknown = sorted(set(map(str, params)) - set(PARAM_KEYS))
+    if unknown:
+        raise DataError(f"params.yaml blobs.{unknown[0]}: unknown key; allowed: {', '.join(PARAM_KEYS)}")
+    for key in PARAM_KEYS:
+        if key not in params:
+            raise DataError(f"params.yaml blobs.{key}: missing")
+    centers, n_features = params["centers"], params["n_features"]
+    n_samples, random_state, test_size = params["n_samples"], params["random_state"], params["test_size"]
+    if not _is_int(centers) or centers < 2:
+        raise error("centers", "an integer >= 2", centers)
+    if not _is_int(n_features) or n_features < 1:
+        raise error("n_features", "an integer >= 1", n_features)
+    if not _is_int(n_samples) or n_samples < 2 * centers:
+        raise error("n_samples", f"an integer >= 2 * blobs.centers = {2 * centers}", n_samples)
+    if not _is_int(random_state) or not 0 <= random_state <= 2**32 - 1:
+        raise error("random_state", "an integer in 0..4294967295", random_state)
+    is_number = isinstance(test_size, (int, float, np.integer, np.floating)) and not isinstance(
+        test_size, (bool, np.bool_)
+    )
+    if not is_number or not 0 < test_size < 1:  # NaN fails the comparison too
+        raise error("test_size", "a number in (0, 1)", test_size)
+    n_test = math.ceil(test_size * n_samples)
+    n_train = math.floor((1 - test_size) * n_samples)
+    if n_train < 1 or n_test < 1:
+        raise DataError(
+            f"params.yaml blobs.test_size: {test_size!r} of {n_samples} samples leaves "
+            f"{n_train} for training and {n_test} for validation; both need at least 1"
+        )
+    return {
+        "n_samples": int(n_samples),
+        "centers": int(centers),
+        "n_features": int(n_features),
+        "random_state": int(random_state),
+        "test_size": float(test_size),
+    }

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 import numpy as np
+
+from nnlab.config.errors import joined_lines
 
 # Original file names, as torchvision keeps them in MNIST/raw.
 FILES = {
@@ -25,9 +28,19 @@ OFFICIAL_MD5 = {
 
 _UBYTE = 0x08
 
+# What to run when a prepared (DVC-tracked) MNIST file is bad.
+REMEDY = "re-create it with `dvc repro prepare_mnist` (or `dvc checkout data/mnist`)"
+
 
 class DataError(ValueError):
-    """Data that is missing, corrupted or not what was expected."""
+    """Data that is missing, corrupted or not what was expected.
+
+    The message is always one line (embedded line breaks are joined with ' | '), so a
+    command line can print it as is.
+    """
+
+    def __init__(self, message: object = "", *args: object):
+        super().__init__(joined_lines(message), *args)
 
 
 def encode(array: np.ndarray) -> bytes:
@@ -38,23 +51,46 @@ def encode(array: np.ndarray) -> bytes:
     return header + dims + array.tobytes()
 
 
-def decode(data: bytes, name: str = "IDX data") -> np.ndarray:
-    """The uint8 array in IDX bytes; DataError when the header and size disagree."""
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != _UBYTE:
-        raise DataError(f"{name}: not an unsigned-byte IDX file (bad magic number)")
+def decode(data: bytes, name: str = "IDX data", remedy: str = "") -> np.ndarray:
+    """The uint8 array in IDX bytes; DataError when the header and size disagree.
+
+    ``remedy`` (what to run to fix it) is appended to the message after a '; '.
+    """
+
+    def fail(what: str) -> DataError:
+        return DataError(f"{name}: {what}" + (f"; {remedy}" if remedy else ""))
+
+    if len(data) < 4:
+        raise fail(f"truncated IDX file ({len(data)} bytes, no complete header)")
+    if data[0] != 0 or data[1] != 0 or data[2] != _UBYTE:
+        raise fail("not an unsigned-byte IDX file (bad magic number)")
     ndim = data[3]
     header_len = 4 + 4 * ndim
     if len(data) < header_len:
-        raise DataError(f"{name}: truncated IDX header")
+        raise fail(f"truncated IDX header ({len(data)} bytes, {ndim} dimensions need {header_len})")
     shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = header_len + int(np.prod(shape))
+    expected = header_len + math.prod(shape)
     if len(data) != expected:
-        raise DataError(f"{name}: IDX header says {expected} bytes for shape {shape}, file has {len(data)}")
+        kind = "truncated" if len(data) < expected else "trailing bytes"
+        raise fail(f"IDX header says {expected} bytes for shape {shape}, file has {len(data)} ({kind})")
     return np.frombuffer(bytearray(data), dtype=np.uint8, offset=header_len).reshape(shape)  # writable copy
 
 
-def read(path: Path) -> np.ndarray:
-    return decode(Path(path).read_bytes(), str(path))
+def read(path: Path, remedy: str = REMEDY) -> np.ndarray:
+    """The array in an IDX file; a missing, truncated or malformed file is a one-line DataError
+    that names the file and ``remedy`` (by default: re-create the prepared MNIST)."""
+    return decode(read_bytes(path, remedy), str(path), remedy)
+
+
+def read_bytes(path: Path, remedy: str = REMEDY) -> bytes:
+    """A prepared data file's bytes; a missing or unreadable one is a one-line DataError with ``remedy``."""
+    path = Path(path)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file is missing; {remedy}") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc}); {remedy}") from None
 
 
 def md5(data: bytes) -> str:

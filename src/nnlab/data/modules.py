@@ -6,6 +6,7 @@ tensor, which keeps a small MLP epoch close to a plain PyTorch loop.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -14,6 +15,11 @@ import numpy as np
 import torch
 
 from nnlab.data import blobs, mnist
+from nnlab.data.idx import DataError
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def random_shift(x: torch.Tensor, max_shift: int, fill: float, gen: torch.Generator) -> torch.Tensor:
@@ -35,8 +41,18 @@ class TensorBatches:
     moves each training image by up to that many pixels (augmentation), ``fill`` is the background.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, shift: int = 0, fill: float = 0.0):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shift: int = 0,
+        fill: float = 0.0,
+    ):
         self.x, self.y = x, y
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size = rank, world_size
@@ -74,8 +90,16 @@ class TensorBatches:
 class TensorDataModule(L.LightningDataModule):
     """Base: subclasses implement ``load()`` returning float inputs and int labels per split."""
 
-    def __init__(self, data_dir: str, input_shape: Sequence[int], num_classes: int,
-                 batch_size: int = 64, eval_batch_size: int = 1000, seed: int = 0, shift: int = 0):
+    def __init__(
+        self,
+        data_dir: str,
+        input_shape: Sequence[int],
+        num_classes: int,
+        batch_size: int = 64,
+        eval_batch_size: int = 1000,
+        seed: int = 0,
+        shift: int = 0,
+    ):
         super().__init__()
         self.shift = shift
         self.data_dir = Path(data_dir)
@@ -91,10 +115,51 @@ class TensorDataModule(L.LightningDataModule):
     def to_inputs(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.asarray(x, dtype=np.float32))
 
+    def needed_input_shape(self, x: np.ndarray) -> list[int]:
+        """The data.input_shape that fits the stored inputs ``x`` (n, ...)."""
+        return [int(d) for d in x.shape[1:]]
+
+    def check_data(self, data: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """data.num_classes and data.input_shape against the loaded data; a one-line DataError
+        naming the key and the value the data needs when they do not fit: a label >= num_classes,
+        or an input_shape whose size differs from that of a stored sample."""
+        where = self.data_dir
+        labels = [np.asarray(y) for _, y in data.values() if np.asarray(y).size]
+        lo = min((int(y.min()) for y in labels), default=0)
+        hi = max((int(y.max()) for y in labels), default=0)
+        needed = max(hi + 1, 2)
+        n = self.num_classes
+        if not _is_int(n) or n < 2:
+            raise DataError(
+                f"data.num_classes: must be an integer >= 2, got {n!r}; "
+                f"the data in {where} needs data.num_classes={needed}"
+            )
+        if n < needed:  # more outputs than classes is allowed (a data set with fewer classes)
+            raise DataError(
+                f"data.num_classes={n} does not match the data: the labels in {where} are "
+                f"{lo}-{hi}, so set data.num_classes={needed}"
+            )
+        x = np.asarray(data["train"][0])
+        per_sample = math.prod(x.shape[1:])
+        want = self.needed_input_shape(x)
+        shape = list(self.input_shape)
+        if not shape or not all(_is_int(d) and d > 0 for d in shape):
+            raise DataError(
+                f"data.input_shape: must be a list of positive integers, got {shape}; "
+                f"the data in {where} needs data.input_shape={want}"
+            )
+        if math.prod(shape) != per_sample:
+            raise DataError(
+                f"data.input_shape={shape} ({math.prod(shape)} values per sample) does not match "
+                f"the data: each sample in {where} has {per_sample} values "
+                f"({'x'.join(map(str, x.shape[1:]))}), so set data.input_shape={want}"
+            )
+
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
         data = self.load()
+        self.check_data(data)
         self.raw_test_inputs = data["test"][0]
         for split, (x, y) in data.items():
             inputs = self.to_inputs(x).reshape(-1, *self.input_shape)
@@ -106,8 +171,17 @@ class TensorDataModule(L.LightningDataModule):
             return TensorBatches(x, y, self.eval_batch_size)
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        return TensorBatches(x, y, self.batch_size, shuffle=True, seed=self.seed, rank=rank, world_size=world,
-                             shift=self.shift, fill=self.background)
+        return TensorBatches(
+            x,
+            y,
+            self.batch_size,
+            shuffle=True,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+            shift=self.shift,
+            fill=self.background,
+        )
 
     @property
     def background(self) -> float:
@@ -137,6 +211,9 @@ class MNISTDataModule(TensorDataModule):
     @property
     def background(self) -> float:
         return -self.mean / self.std
+
+    def needed_input_shape(self, x: np.ndarray) -> list[int]:
+        return [1, *(int(d) for d in x.shape[1:])]  # one channel
 
     def to_inputs(self, x: np.ndarray) -> torch.Tensor:
         return (torch.from_numpy(np.asarray(x)).float().div_(255.0) - self.mean) / self.std

@@ -1,5 +1,2 @@
-"""Networks (plain nn.Module) and the one LightningModule that trains any of them."""
-
-from nnlab.models.networks import CNN, MLP, LinearClassifier, count_parameters
-
-__all__ = ["CNN", "MLP", "LinearClassifier", "count_parameters"]
+"""Networks (plain nn.Module), the one LightningModule that trains them, the NumPy network,
+their summaries and checkpoints. They know nothing of DVC or MLflow."""

@@ -21,16 +21,25 @@ class Classifier(L.LightningModule):
     optimizer takes the parameters, the scheduler the optimizer. Schedulers step per batch.
     """
 
-    def __init__(self, net: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
-                 num_classes: int = 10, label_smoothing: float = 0.0):
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable,
+        scheduler: Callable | None = None,
+        num_classes: int = 10,
+        label_smoothing: float = 0.0,
+    ):
         super().__init__()
         self.net = net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        self.metrics = nn.ModuleDict({
-            f"{split}_{kind}": (MulticlassAccuracy(num_classes, average="micro") if kind == "acc" else MeanMetric())
-            for split in ("train", "val", "test") for kind in ("acc", "loss")
-        })
+        self.metrics = nn.ModuleDict(
+            {
+                f"{split}_{kind}": (MulticlassAccuracy(num_classes, average="micro") if kind == "acc" else MeanMetric())
+                for split in ("train", "val")
+                for kind in ("acc", "loss")
+            }
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -51,7 +60,7 @@ class Classifier(L.LightningModule):
 
     def _log_epoch(self, split: str) -> None:
         # The metric objects are already synchronised across devices; sync_dist keeps Lightning quiet.
-        self.log_dict(self.epoch_metrics(split), prog_bar=split != "test", sync_dist=True)
+        self.log_dict(self.epoch_metrics(split), prog_bar=True, sync_dist=True)
         for kind in ("loss", "acc"):
             self.metrics[f"{split}_{kind}"].reset()
 
@@ -61,17 +70,11 @@ class Classifier(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
 
-    def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
-
     def on_train_epoch_end(self):
         self._log_epoch("train")
 
     def on_validation_epoch_end(self):
         self._log_epoch("val")
-
-    def on_test_epoch_end(self):
-        self._log_epoch("test")
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.net.parameters())

@@ -100,5 +100,5 @@ class CNN(nn.Module):
 
 
 # The only classes a saved config may name: a checkpoint's ``_target_`` is looked up here,
-# never imported (see nnlab.checkpoint.build_network).
+# never imported (see nnlab.models.checkpoint.build_network).
 NETWORKS: dict[str, type[nn.Module]] = {f"{__name__}.{cls.__name__}": cls for cls in (LinearClassifier, MLP, CNN)}

@@ -7,12 +7,11 @@ trained by hand-written backpropagation and plain SGD (per-sample or mini-batch)
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import numpy as np
 
-from nnlab.activations import sigmoid as _sigmoid
-from nnlab.activations import softmax as _softmax
+from nnlab.models.activations import sigmoid as _sigmoid
+from nnlab.models.activations import softmax as _softmax
 
 INITS = ("xavier", "normal", "uniform")
 
@@ -36,14 +35,7 @@ class NumpyMLP:
     Biases start at zero whatever ``init`` is; ``init`` only chooses the weight distribution.
     """
 
-    def __init__(
-        self,
-        input_shape: Sequence[int] = (1, 28, 28),
-        num_classes: int = 10,
-        hidden_sizes: Sequence[int] = (128, 64),
-        init: str = "xavier",
-        seed: int = 0,
-    ):
+    def __init__(self, input_shape=(1, 28, 28), num_classes=10, hidden_sizes=(128, 64), init="xavier", seed=0):
         if init not in INITS:
             raise ValueError(f"init must be one of {list(INITS)}, got {init!r}")
         self.input_shape = tuple(input_shape)

@@ -14,9 +14,14 @@ def summarize(net: nn.Module, input_shape: Sequence[int]) -> list[dict]:
     rows: list[dict] = []
 
     def hook(name, module, _inputs, output):
-        rows.append({"layer": name, "type": type(module).__name__,
-                     "output_shape": [None, *output.shape[1:]],
-                     "parameters": sum(p.numel() for p in module.parameters(recurse=False))})
+        rows.append(
+            {
+                "layer": name,
+                "type": type(module).__name__,
+                "output_shape": [None, *output.shape[1:]],
+                "parameters": sum(p.numel() for p in module.parameters(recurse=False)),
+            }
+        )
 
     handles = []
     for name, module in net.named_modules():
@@ -36,8 +41,7 @@ def summarize(net: nn.Module, input_shape: Sequence[int]) -> list[dict]:
 
 def format_summary(rows: list[dict], title: str = "Model") -> str:
     header = ("Layer (type)", "Output Shape", "Param #")
-    lines = [(f"{r['layer']} ({r['type']})", str(tuple(r["output_shape"])),
-              f"{r['parameters']:,}") for r in rows]
+    lines = [(f"{r['layer']} ({r['type']})", str(tuple(r["output_shape"])), f"{r['parameters']:,}") for r in rows]
     widths = [max(len(h), *(len(line[i]) for line in lines)) + 2 for i, h in enumerate(header)]
     rule = "=" * sum(widths)
 
@@ -45,5 +49,6 @@ def format_summary(rows: list[dict], title: str = "Model") -> str:
         return "".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
 
     total = sum(r["parameters"] for r in rows)
-    return "\n".join([f'Model: "{title}"', rule, fmt(header), rule, *map(fmt, lines), rule,
-                      f"Total params: {total:,}", ""])
+    return "\n".join(
+        [f'Model: "{title}"', rule, fmt(header), rule, *map(fmt, lines), rule, f"Total params: {total:,}", ""]
+    )

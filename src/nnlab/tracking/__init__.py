@@ -1,5 +1,4 @@
-"""MLflow tracking: where runs go, and one run's lifecycle, params, metrics and artifacts."""
-
-from nnlab.tracking.mlflow_run import Run, default_tracking_uri, flatten, open_run, resolve_tracking_uri
-
-__all__ = ["Run", "default_tracking_uri", "flatten", "open_run", "resolve_tracking_uri"]
+"""MLflow tracking: the one place that decides what a run records (tags, params, metrics,
+artifacts, model). ``run`` holds a run's lifecycle, ``record`` what the stages record, ``sweep``
+the parent run of a multirun, ``credentials`` keeps secrets out of URIs. Nothing is imported
+here, so a stage that never tracks never pays for importing MLflow."""

@@ -18,8 +18,8 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from nnlab.paths import find_root
-from nnlab.tracking.mlflow_run import experiment_id, resolve_tracking_uri
+from nnlab.config.paths import find_root
+from nnlab.tracking.run import experiment_id, resolve_tracking_uri
 
 PARENT_ENV = "NNLAB_SWEEP_PARENT_RUN_ID"
 URI_ENV = "NNLAB_SWEEP_TRACKING_URI"
@@ -53,9 +53,11 @@ class MlflowSweepCallback(Callback):
         self.client = MlflowClient(tracking_uri=uri)
         exp = experiment_id(self.client, mlflow_cfg.experiment_name, root, uri)
         overrides = " ".join(config.hydra.overrides.task)
-        run = self.client.create_run(exp, run_name=f"sweep: {config.name}",
-                                     tags={"sweep": "parent", "experiment": config.name,
-                                           "sweep_overrides": overrides[:5000]})
+        run = self.client.create_run(
+            exp,
+            run_name=f"sweep: {config.name}",
+            tags={"sweep": "parent", "experiment": config.name, "sweep_overrides": overrides[:5000]},
+        )
         self.parent = run.info.run_id
         self.client.log_param(self.parent, "sweep_overrides", overrides[:6000])
         os.environ[PARENT_ENV], os.environ[URI_ENV] = self.parent, uri
@@ -66,10 +68,10 @@ class MlflowSweepCallback(Callback):
             return
         children = self.client.search_runs(
             [self.client.get_run(self.parent).info.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{self.parent}'")
+            filter_string=f"tags.mlflow.parentRunId = '{self.parent}'",
+        )
         scored = [c for c in children if BEST_METRIC in c.data.metrics]
-        tags = {"jobs": str(len(children)),
-                "failed_jobs": str(sum(c.info.status != "FINISHED" for c in children))}
+        tags = {"jobs": str(len(children)), "failed_jobs": str(sum(c.info.status != "FINISHED" for c in children))}
         if scored:
             best = max(scored, key=lambda c: c.data.metrics[BEST_METRIC])
             tags.update(best_child=best.info.run_id, best_child_name=best.info.run_name or "")

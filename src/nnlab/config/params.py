@@ -1,4 +1,4 @@
-"""Helpers for the small argparse stages: reading their section of params.yaml."""
+"""The small argparse stages: their command line and their section of params.yaml."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from nnlab.paths import find_root
+from nnlab.config.paths import find_root
 
 
 def parser(description: str, out: str) -> argparse.ArgumentParser:
@@ -23,3 +23,14 @@ def params_section(path: Path | None, section: str) -> dict:
     if section not in data:
         raise SystemExit(f"{path}: no '{section}' section")
     return data[section]
+
+
+def stage_setup(
+    description: str, section: str, out: str = "reports", argv: list[str] | None = None
+) -> tuple[Path, dict, Path]:
+    """A report stage's (project root, its params.yaml section, its output folder, created)."""
+    args = parser(description, out).parse_args(argv)
+    root = find_root()
+    folder = args.out or root / out
+    folder.mkdir(parents=True, exist_ok=True)
+    return root, params_section(args.params, section), folder

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-import csv
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
 
-COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
-           "epoch_seconds", "train_seconds", "samples_per_second")
+from nnlab.report.tables import write_rows
+
+COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "epoch_seconds",
+    "train_seconds",
+    "samples_per_second",
+)
 
 
 class EpochHistory(L.Callback):
@@ -69,17 +79,3 @@ class EpochHistory(L.Callback):
 
     def write_csv(self, path: Path) -> None:
         write_rows(path, self.rows, COLUMNS)
-
-
-def write_rows(path: Path, rows: list[dict], columns) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _fmt(row.get(k)) for k in columns})
-
-
-def _fmt(value):
-    return f"{value:.6g}" if isinstance(value, float) else value

@@ -8,8 +8,8 @@ values. Every failure is a ``ConfigError`` whose message is one line naming the 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Optional, get_args, get_type_hints
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
+from typing import Any, get_args, get_type_hints
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -39,6 +39,11 @@ def _sizes(obj: Any, *names: str) -> None:
     for name in names:
         values = getattr(obj, name)
         _check(all(v > 0 for v in values), name, f"all sizes must be > 0, got {list(values)}")
+
+
+def _one_of(obj: Any, name: str, choices) -> None:
+    value = getattr(obj, name)
+    _check(value in choices, name, f"must be one of {', '.join(choices)}, got {value!r}")
 
 
 def _fraction(obj: Any, *names: str, upper_open: bool = True) -> None:
@@ -103,8 +108,7 @@ class MLPModel(LinearModel):
     def __post_init__(self):
         super().__post_init__()
         _sizes(self, "hidden_sizes")
-        _check(self.activation in ACTIVATIONS, "activation",
-               f"must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        _one_of(self, "activation", ACTIVATIONS)
         _fraction(self, "dropout")
 
 
@@ -131,15 +135,14 @@ class NumpyMLPModel(LinearModel):
     """Reference E4: sigmoid MLP in NumPy, trained with plain SGD (optimizer.lr, data.batch_size)."""
 
     _target_: str = "nnlab.models.numpy_mlp.NumpyMLP"
-    hidden_sizes: list[int] = field(default_factory=lambda: [128, 64])
     init: str = "xavier"
+    hidden_sizes: list[int] = field(default_factory=lambda: [128, 64])
     seed: int = 0
 
     def __post_init__(self):
         super().__post_init__()
+        _one_of(self, "init", ("xavier", "normal", "uniform"))
         _sizes(self, "hidden_sizes")
-        _check(self.init in ("xavier", "normal", "uniform"), "init",
-               f"must be one of xavier, normal, uniform, got {self.init!r}")
 
 
 # ---------------------------------------------------------------- optimizers
@@ -201,7 +204,7 @@ class OneCycleScheduler:
     _target_: str = "torch.optim.lr_scheduler.OneCycleLR"
     _partial_: bool = True
     max_lr: float = 1e-2
-    total_steps: Optional[int] = None  # None: the run's real number of steps
+    total_steps: int | None = None  # None: the run's real number of steps
     pct_start: float = 0.25
     anneal_strategy: str = "cos"
     div_factor: float = 25.0
@@ -210,14 +213,14 @@ class OneCycleScheduler:
     def __post_init__(self):
         _positive(self, "max_lr", "total_steps", "div_factor", "final_div_factor")
         _check(0 < self.pct_start < 1, "pct_start", f"must be in (0, 1), got {self.pct_start}")
-        _check(self.anneal_strategy in ("cos", "linear"), "anneal_strategy", "must be one of cos, linear")
+        _one_of(self, "anneal_strategy", ("cos", "linear"))
 
 
 @dataclass
 class CosineScheduler:
     _target_: str = "torch.optim.lr_scheduler.CosineAnnealingLR"
     _partial_: bool = True
-    T_max: Optional[int] = None  # None: the run's real number of steps
+    T_max: int | None = None  # None: the run's real number of steps
     eta_min: float = 0.0
 
     def __post_init__(self):
@@ -236,7 +239,7 @@ class TrainerConfig:
     precision: Any = "32-true"
     max_epochs: int = 5
     deterministic: Any = True
-    gradient_clip_val: Optional[float] = None
+    gradient_clip_val: float | None = None
     limit_train_batches: Any = None  # a fraction (0.05) or a number of batches (20)
     limit_val_batches: Any = None
     num_sanity_val_steps: int = 0
@@ -245,43 +248,50 @@ class TrainerConfig:
     log_every_n_steps: int = 50
 
     def __post_init__(self):
-        _check(self.accelerator in ACCELERATORS, "accelerator",
-               f"must be one of {', '.join(ACCELERATORS)}, got {self.accelerator!r}")
+        _one_of(self, "accelerator", ACCELERATORS)
         for name in ("limit_train_batches", "limit_val_batches"):
             value = getattr(self, name)
-            _check(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0),
-                   name, f"must be a fraction (0.1) or a number of batches (20), got {value!r}")
+            _check(
+                value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0),
+                name,
+                f"must be a fraction (0.1) or a number of batches (20), got {value!r}",
+            )
         _positive(self, "max_epochs", "num_nodes", "log_every_n_steps", "limit_train_batches")
         _check(self.deterministic in (True, False, "warn"), "deterministic", "must be true, false or warn")
 
 
 @dataclass
 class MlflowConfig:
-    tracking_uri: Optional[str] = None  # None: MLFLOW_TRACKING_URI, else sqlite at the repository root
+    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else sqlite at the repository root
     experiment_name: str = "nnlab"
     log_model: bool = True  # mlflow.pytorch.log_model, loadable with mlflow.pyfunc.load_model
     serialization_format: str = "pt2"  # pt2 (torch.export) | pickle (faster to write)
     register: bool = False  # register the model per experiment; best test accuracy = @champion
 
     def __post_init__(self):
-        _check(self.serialization_format in ("pt2", "pickle"), "mlflow.serialization_format",
-               f"must be pt2 or pickle, got {self.serialization_format!r}")
+        _check(
+            self.serialization_format in ("pt2", "pickle"),
+            "mlflow.serialization_format",
+            f"must be pt2 or pickle, got {self.serialization_format!r}",
+        )
 
 
 @dataclass
 class LoggerConfig:
-    mlflow: Optional[MlflowConfig] = None
+    mlflow: MlflowConfig | None = None
 
 
-@dataclass
-class PathsConfig:
-    root_dir: str = "."
-    data_dir: str = "data"
-    models_dir: str = "models"
-    metrics_dir: str = "metrics"
-    plots_dir: str = "plots"
-    reports_dir: str = "reports"
-    log_dir: str = "logs"
+# The project's folders; conf/paths/*.yaml make them absolute from ``${nnlab_root:}``.
+FOLDERS = {
+    "root_dir": ".",
+    "data_dir": "data",
+    "models_dir": "models",
+    "metrics_dir": "metrics",
+    "plots_dir": "plots",
+    "reports_dir": "reports",
+    "log_dir": "logs",
+}
+PathsConfig = make_dataclass("PathsConfig", [(key, str, field(default=value)) for key, value in FOLDERS.items()])
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
@@ -300,18 +310,39 @@ class RootConfig:
     seed: int = 42
     label_smoothing: float = 0.0
     test_after_fit: bool = True
-    reference: Optional[str] = None
+    reference: str | None = None
 
     def __post_init__(self):
         _fraction(self, "label_smoothing")
         # name becomes a folder under models/, metrics/, plots/: no '', '..', '/' or spaces
-        _check(bool(NAME_PATTERN.fullmatch(self.name)) and ".." not in self.name, "name",
-               f"must be a plain name (letters, digits, '.', '_', '-'; starting with a letter or digit), "
-               f"got {self.name!r}")
+        _check(
+            bool(NAME_PATTERN.fullmatch(self.name)) and ".." not in self.name,
+            "name",
+            f"must be a plain name (letters, digits, '.', '_', '-'; starting with a letter or digit), "
+            f"got {self.name!r}",
+        )
         _check(0 <= self.seed < 2**32, "seed", f"must be in [0, 2**32), got {self.seed}")
 
 
 GROUPS = tuple(SCHEMAS) + tuple(PLAIN_GROUPS)
+CALLBACK_PREFIX = "lightning.pytorch.callbacks."
+
+
+def _check_callbacks(node: Any) -> None:
+    """``callbacks``: name -> a Lightning callback config (or null to drop it); the checkpoint is required."""
+    _check(isinstance(node, DictConfig), "callbacks", "must be a mapping of name: {_target_: ...}; see conf/callbacks/")
+    for name, spec in node.items():
+        target = spec.get("_target_") if isinstance(spec, DictConfig) else None
+        _check(
+            spec is None or (isinstance(target, str) and target.startswith(CALLBACK_PREFIX)),
+            f"callbacks.{name}._target_",
+            f"must be a Lightning callback ({CALLBACK_PREFIX}...), got {target!r}",
+        )
+    _check(
+        node.get("model_checkpoint") is not None,
+        "callbacks.model_checkpoint",
+        "is required: it keeps the best epoch's checkpoint",
+    )
 
 
 def _allowed(schema: type, key: str = "") -> str:
@@ -363,7 +394,7 @@ def check_group(group: str, node: Any) -> Any:
 
 def validate(cfg: DictConfig) -> dict[str, Any]:
     """The checked groups as dataclass objects; raises ConfigError with a one-line message."""
-    allowed_top = {f.name for f in fields(RootConfig)} | set(GROUPS)
+    allowed_top = {f.name for f in fields(RootConfig)} | set(GROUPS) | {"callbacks"}
     unknown = sorted(set(cfg.keys()) - allowed_top)
     _check(not unknown, str(unknown[0]) if unknown else "", f"unknown key; allowed: {', '.join(sorted(allowed_top))}")
     try:
@@ -375,7 +406,8 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     for group in GROUPS:
         schema = _schema_for(group, node.get(group))
         out[group] = _convert(group, schema, node[group]) if schema else None
-    top = {k: v for k, v in node.items() if k not in GROUPS}
+    _check_callbacks(node.get("callbacks"))
+    top = {k: v for k, v in node.items() if k not in GROUPS and k != "callbacks"}
     out["root"] = _convert("config", RootConfig, OmegaConf.create(top))
     return out
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from nnlab.config.errors import first_line
+
 SIZE = 28  # the field
 BOX = 20  # the longer side of the ink's bounding box
 INK_LEVEL = 0.1  # after contrast stretching, fainter pixels are background
@@ -46,23 +48,21 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
             with Image.open(path) as image:
                 width, height = image.size
                 if width * height > max_pixels:
-                    raise ImageError(path, f"image is {width}×{height} = {width * height:,} pixels, "
-                                           f"over the limit of {max_pixels:,}")
+                    raise ImageError(
+                        path, f"image is {width}×{height} = {width * height:,} pixels, over the limit of {max_pixels:,}"
+                    )
                 image.load()
                 return ImageOps.exif_transpose(image)  # photos taken sideways
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(path, f"refused as a decompression bomb ({_first_line(exc)}); "
-                               f"limit {max_pixels:,} pixels") from exc
+        raise ImageError(
+            path, f"refused as a decompression bomb ({first_line(exc)}); limit {max_pixels:,} pixels"
+        ) from exc
     except Image.UnidentifiedImageError as exc:
         raise ImageError(path, "not an image file Pillow can read") from exc
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
-        raise ImageError(path, f"unreadable image: {_first_line(exc)}") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ImageError(path, f"unreadable image: {first_line(exc)}") from exc
 
 
 def to_mnist(image: Image.Image, name: str | Path = "image") -> np.ndarray:

@@ -50,10 +50,17 @@ def fit(cfg: DictConfig, datamodule, on_epoch) -> tuple[NumpyMLP, list[dict]]:
             train = mlp.fit_epoch(x_train, y_train, cfg.optimizer.lr, batch_size=cfg.data.batch_size, rng=rng)
             train_seconds = time.perf_counter() - started
             val_loss, val_acc = _score(mlp, x_val, y_val)
-            row = {"epoch": epoch, "train_loss": train["train_loss"], "train_acc": train["train_acc"],
-                   "val_loss": val_loss, "val_acc": val_acc, "lr": cfg.optimizer.lr,
-                   "epoch_seconds": time.perf_counter() - started, "train_seconds": train_seconds,
-                   "samples_per_second": len(y_train) / train_seconds}
+            row = {
+                "epoch": epoch,
+                "train_loss": train["train_loss"],
+                "train_acc": train["train_acc"],
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "lr": cfg.optimizer.lr,
+                "epoch_seconds": time.perf_counter() - started,
+                "train_seconds": train_seconds,
+                "samples_per_second": len(y_train) / train_seconds,
+            }
             rows.append(row)
             on_epoch(row)
             if val_loss < best:
@@ -62,10 +69,15 @@ def fit(cfg: DictConfig, datamodule, on_epoch) -> tuple[NumpyMLP, list[dict]]:
     return mlp, rows
 
 
-def summary_table(mlp: NumpyMLP) -> str:
-    """The Keras-style summary of the NumPy network."""
-    lines = ['Model: "NumpyMLP"', "=" * 50, f"{'Layer':<22}{'Output Shape':<16}Param #", "=" * 50]
-    for i, (w, b) in enumerate(zip(mlp.weights, mlp.biases)):
-        kind = "softmax" if i == len(mlp.weights) - 1 else "sigmoid"
-        lines.append(f"{f'dense_{i} ({kind})':<22}{f'(None, {w.shape[1]})':<16}{w.size + b.size:,}")
-    return "\n".join([*lines, "=" * 50, f"Total params: {mlp.parameter_count():,}", ""])
+def summary_rows(mlp: NumpyMLP) -> list[dict]:
+    """The NumPy network's layers in the rows nnlab.models.summary.format_summary prints."""
+    last = len(mlp.weights) - 1
+    return [
+        {
+            "layer": f"dense_{i}",
+            "type": "softmax" if i == last else "sigmoid",
+            "output_shape": [None, w.shape[1]],
+            "parameters": w.size + b.size,
+        }
+        for i, (w, b) in enumerate(zip(mlp.weights, mlp.biases))
+    ]

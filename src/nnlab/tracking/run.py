@@ -52,7 +52,6 @@ class Run:
         self.client, self.run_id = client, run_id
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
         self.client.log_batch(self.run_id, metrics=batch)
@@ -97,10 +96,14 @@ class Run:
         with self._fluent():
             mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
             info = mlflow.pytorch.log_model(
-                model, name="model", input_example=input_example,
+                model,
+                name="model",
+                input_example=input_example,
                 signature=infer_signature(input_example, output),
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-                serialization_format=serialization_format, run_id=self.run_id)
+                serialization_format=serialization_format,
+                run_id=self.run_id,
+            )
         return info.model_uri
 
     def register_champion(self, model_name: str, metric: str = "test_acc") -> int:
@@ -129,15 +132,17 @@ def experiment_id(client: MlflowClient, name: str, root: Path, uri: str) -> str:
     location = (Path(root) / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
     try:
         # The kind tag makes the MLflow UI open on its training-runs view, not the GenAI one.
-        return client.create_experiment(name, artifact_location=location,
-                                        tags={"mlflow.experimentKind": "custom_model_development"})
+        return client.create_experiment(
+            name, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development"}
+        )
     except MlflowException:
         return client.get_experiment_by_name(name).experiment_id
 
 
 @contextmanager
-def open_run(experiment: str, run_name: str, root: Path, tracking_uri: str | None = None,
-             tags: Mapping[str, Any] | None = None) -> Iterator[Run]:
+def open_run(
+    experiment: str, run_name: str, root: Path, tracking_uri: str | None = None, tags: Mapping[str, Any] | None = None
+) -> Iterator[Run]:
     """Start a run; end it FINISHED, FAILED (with the error as a tag) or KILLED (Ctrl-C)."""
     uri = resolve_tracking_uri(tracking_uri, root)
     client = MlflowClient(tracking_uri=uri)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from nnlab.config import ConfigError, check_group
+from nnlab.config.schema import ConfigError, check_group
 from nnlab.models.networks import NETWORKS
 
 CONFIG_KEY = "nnlab_config"
@@ -72,3 +72,11 @@ def deployable(net: nn.Module, cfg: DictConfig) -> nn.Module:
     if "mean" in cfg.data and "std" in cfg.data:
         return nn.Sequential(Standardize(cfg.data.mean, cfg.data.std), net).eval()
     return net.eval()
+
+
+def input_example(cfg: DictConfig, datamodule) -> np.ndarray:
+    """Two test inputs as the deployable model takes them (MNIST: pixels in [0, 1])."""
+    x = datamodule.splits["test"][0][:2]
+    if "mean" in cfg.data:
+        x = x * cfg.data.std + cfg.data.mean
+    return x.numpy().astype(np.float32)

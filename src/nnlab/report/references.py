@@ -1,4 +1,4 @@
-"""The published figures of the reference experiments (shared/seed-experiments.md)."""
+"""The reference experiments E1-E6: what each is, and the figures its text published."""
 
 from __future__ import annotations
 

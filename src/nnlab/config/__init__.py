@@ -1,0 +1,1 @@
+"""Configuration: schemas, Hydra composition, params.yaml sections, the project's folders, errors."""

@@ -1,0 +1,85 @@
+"""Fingerprints and safe replacement of the prepared data folders (data/mnist, data/blobs).
+
+``data_hash`` hashes the data bytes themselves, so a run tagged with it records exactly what
+it was trained on: a flipped pixel, a changed label or another split gives another hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from pathlib import Path
+
+from nnlab.data.idx import FILES, DataError
+
+# What to run when a prepared folder is corrupted or incomplete.
+MNIST_REPAIR = "run `dvc checkout data/mnist` or `dvc repro -f prepare_mnist`"
+BLOBS_REPAIR = "run `dvc repro prepare_blobs`"
+
+# The files whose bytes make up each prepared data set, relative to its folder, sorted.
+MNIST_DATA_FILES = tuple(sorted([*(f"raw/{name}" for name in FILES.values()), "split.npz"]))
+BLOBS_DATA_FILES = ("scaler.json", "train.csv", "val.csv")
+
+_CHUNK = 1 << 20
+
+
+def data_files(data_dir: str | Path) -> list[Path]:
+    """The data files of a prepared MNIST (raw IDX files + split.npz) or blobs folder (CSVs +
+    scaler.json), in sorted order; a one-line DataError when the folder or one of them is missing."""
+    data_dir = Path(data_dir)
+    if (data_dir / "manifest.json").is_file() or (data_dir / "raw").is_dir():
+        names, remedy = MNIST_DATA_FILES, MNIST_REPAIR
+    elif any((data_dir / name).exists() for name in BLOBS_DATA_FILES):
+        names, remedy = BLOBS_DATA_FILES, BLOBS_REPAIR
+    else:
+        raise DataError(
+            f"{data_dir}: no prepared MNIST (manifest.json, raw/) or blobs (train.csv) here; "
+            "run `dvc repro prepare_mnist` or `dvc repro prepare_blobs`"
+        )
+    paths = [data_dir / name for name in names]
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"{path}: file is missing; {remedy}")
+    return paths
+
+
+def data_hash(data_dir: str | Path) -> str:
+    """md5 (hex) over the data bytes of a prepared folder (see ``data_files``).
+
+    For each file in sorted order: its path relative to ``data_dir`` (with '/'), a NUL byte,
+    its size as 8 big-endian bytes, then its contents. Metadata (manifest.json) is left out,
+    so the hash depends on the data alone, not on where it was downloaded from.
+    """
+    data_dir = Path(data_dir)
+    digest = hashlib.md5()
+    for path in data_files(data_dir):
+        digest.update(path.relative_to(data_dir).as_posix().encode() + b"\0")
+        digest.update(path.stat().st_size.to_bytes(8, "big"))
+        with path.open("rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def replace_dir(new: str | Path, target: str | Path) -> None:
+    """Put the finished folder ``new`` in place of ``target`` by renames (same file system):
+    the old folder is moved aside first and deleted only once the new one is in place; it is
+    put back if that fails. Readers see the old or the new folder, never a half-written one."""
+    new, target = Path(new), Path(target)
+    old = None
+    if target.exists() or target.is_symlink():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
+        old.rmdir()
+        target.rename(old)
+    try:
+        new.rename(target)
+    except BaseException:
+        if old is not None:
+            old.rename(target)
+        raise
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)

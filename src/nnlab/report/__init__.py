@@ -1,0 +1,1 @@
+"""Reports: figures, tables, and the published reference figures."""

@@ -1,0 +1,67 @@
+"""Tables in files and on the terminal: JSON and CSV reading and writing, the end-of-run summary."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def write_json(path: Path, data: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if value < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def print_summary(summary: dict, places: dict) -> None:
+    table = Table(title=f"nnlab: {summary.get('name')}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key in (
+        "parameters",
+        "epochs",
+        "best_epoch",
+        "best_val_acc",
+        "test_acc",
+        "train_seconds",
+        "mean_samples_per_second",
+    ):
+        if summary.get(key) is not None:
+            table.add_row(key.replace("_", " "), _cell(summary[key]))
+    for key, value in places.items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+def write_rows(path: Path, rows: list[dict], columns) -> None:
+    """A CSV with ``columns`` in order; floats to 6 significant digits."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: f"{row[k]:.6g}" if isinstance(row.get(k), float) else row.get(k) for k in columns})
+
+
+def read_history(path: Path) -> list[dict]:
+    """A history.csv as rows of floats (None for empty cells)."""
+    with Path(path).open() as handle:
+        return [
+            {k: float(v) if v not in ("", None) else None for k, v in row.items()} for row in csv.DictReader(handle)
+        ]

@@ -1,0 +1,1 @@
+"""Training: fitting networks (Lightning and NumPy), the epoch history, and scoring."""
