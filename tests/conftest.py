@@ -36,6 +36,6 @@ def compose(project):
     from nnlab.config.compose import compose_config
 
     def _compose(*overrides: str):
-        return compose_config([*overrides, "trainer=cpu", "trainer.enable_progress_bar=false"])
+        return compose_config([*overrides, "trainer=cpu", "trainer.enable_progress_bar=false", "outputs=canonical"])
 
     return _compose

@@ -119,3 +119,23 @@ def test_dvc_exp_run_lands_in_the_same_store_with_its_name(repo):
             ).fetchall()
         )
     assert tags["dvc_stage"] == "train@blobs_linear" and tags["experiment"] == "blobs_linear"
+
+
+def test_a_bad_prepare_parameter_is_one_line_and_dvc_checkout_brings_the_data_back(repo):
+    """DVC removes a stage's outputs before running it: the README's remedy must restore them."""
+    repo, _ = repo
+    params_file = repo / "params.yaml"
+    original, before = params_file.read_text(), (repo / "data" / "blobs" / "train.csv").read_bytes()
+    params = yaml.safe_load(original)
+    params["blobs"]["test_size"] = 1.5
+    params_file.write_text(yaml.safe_dump(params))
+    failed = _run(repo, "dvc", "repro", "prepare_blobs", check=False)
+    assert failed.returncode != 0
+    assert (
+        "nnlab.prepare_blobs: error: params.yaml blobs.test_size: must be a number in (0, 1), got 1.5"
+        in failed.stderr.splitlines()
+    )
+    params_file.write_text(original)
+    _run(repo, "dvc", "checkout", "data/blobs")
+    assert (repo / "data" / "blobs" / "train.csv").read_bytes() == before
+    assert "prepare_blobs" not in _run(repo, "dvc", "status", "prepare_blobs").stdout

@@ -121,6 +121,7 @@ def checkpoint(root):
                 "trainer.enable_progress_bar=false",
                 "trainer.max_epochs=5",
                 "logger=none",
+                "outputs=canonical",
             ]
         )
         summary = train(cfg)

@@ -8,6 +8,8 @@ logs the same into the MLflow run that trained the checkpoint.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -16,7 +18,7 @@ from nnlab.config.compose import hydra_main
 from nnlab.config.errors import fail, first_line
 from nnlab.config.paths import Outputs, register_resolvers
 from nnlab.config.schema import ConfigError, validate
-from nnlab.models.checkpoint import load_network
+from nnlab.models.checkpoint import load_network, saved_run_id
 from nnlab.report.tables import console
 from nnlab.training.evaluation import score_and_write
 
@@ -26,14 +28,19 @@ PROG = "nnlab.evaluate"
 def evaluate(cfg: DictConfig) -> dict:
     register_resolvers()  # ${nnlab_root:} also in a launcher's worker process
     validate(cfg)
-    out = Outputs.canonical(cfg.paths, cfg.name)
+    out = Outputs.in_folder(Path(cfg.run_dir)) if cfg.run_dir else Outputs.canonical(cfg.paths, cfg.name)
     net, _ = load_network(out.models / "best.ckpt")
+    run_id = None
+    if cfg.logger.get("mlflow"):
+        from nnlab.tracking.record import evaluation_run_id  # MLflow only when tracking
+
+        run_id = evaluation_run_id(out.models, saved_run_id(out.models / "best.ckpt"))
     net.to("cuda" if torch.cuda.is_available() else "cpu")
     metrics, files = score_and_write(net, instantiate(cfg.data), cfg.name, out.metrics, out.plots)
-    if cfg.logger.get("mlflow"):
-        from nnlab.tracking.record import record_evaluation  # MLflow only when tracking
+    if run_id:
+        from nnlab.tracking.record import record_evaluation
 
-        record_evaluation(cfg, out.models, metrics, files)
+        record_evaluation(cfg, run_id, metrics, files)
     console.print(
         f"[bold]{cfg.name}[/]: test accuracy {metrics['test_acc']:.4f}, loss {metrics['test_loss']:.4f} "
         f"on {metrics['n']} samples -> {out.metrics / 'test.json'}"

@@ -8,6 +8,7 @@ metrics/<name>/train.json, plots/<name>/history.csv and curves.png, and one MLfl
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -19,26 +20,56 @@ from omegaconf import DictConfig, OmegaConf
 
 from nnlab.config.compose import hydra_main
 from nnlab.config.errors import fail
-from nnlab.config.paths import Outputs, register_resolvers
+from nnlab.config.paths import (
+    Outputs,
+    canonical_outputs,
+    move_into_place,
+    new_run_folder,
+    register_resolvers,
+    unfinished_run,
+)
 from nnlab.config.schema import ConfigError, validate
 from nnlab.data.idx import DataError
-from nnlab.models.checkpoint import deployable, input_example
+from nnlab.models.checkpoint import deployable, input_example, saved_run_id
 from nnlab.report import plots
 from nnlab.report.tables import print_summary, write_json
 from nnlab.tracking import record
 from nnlab.tracking.credentials import strip_credentials, strip_override
+from nnlab.tracking.run import TrackingError
 from nnlab.training.evaluation import score_and_write
 from nnlab.training.fit import fitter_for, run_summary
-from nnlab.training.history import EpochHistory
+from nnlab.training.history import EpochHistory, TrainingDiverged
+from nnlab.training.numpy_loop import TARGET
 
 PROG = "nnlab.train"
 
 
-def outputs_for(cfg: DictConfig) -> Outputs:
-    """The canonical places, or the job's own folder inside a Hydra multirun."""
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return Outputs.in_folder(Path(HydraConfig.get().runtime.output_dir))
-    return Outputs.canonical(cfg.paths, cfg.name)
+def run_outputs(cfg: DictConfig) -> tuple[Outputs, Outputs | None]:
+    """(where the run writes, where its results end: None when that is the same place).
+    A sweep job writes into its own folder; a single run into logs/runs/<name>/<time>/ (Hydra's
+    run folder); resume=true continues the newest unfinished one. Inside a DVC stage (or with
+    outputs=canonical) the finished results then move into models/, metrics/, plots/<name>."""
+    hydra_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+    multirun = hydra_dir is not None and HydraConfig.get().mode == RunMode.MULTIRUN
+    if cfg.resume:
+        _check(not multirun, "resume", "continues one run; it does not apply to a sweep (-m)")
+        _check(cfg.model._target_ != TARGET, "resume", "works for the Lightning models, not the NumPy network")
+        work = unfinished_run(cfg.paths.log_dir, cfg.name)
+        _check(
+            work is not None,
+            "resume",
+            f"no unfinished run of {cfg.name!r} (a run folder with models/last.ckpt) "
+            f"under {Path(cfg.paths.log_dir) / 'runs' / cfg.name}; run without resume=true",
+        )
+    else:
+        work = hydra_dir or new_run_folder(cfg.paths.log_dir, cfg.name)
+    final = Outputs.canonical(cfg.paths, cfg.name) if not multirun and canonical_outputs(cfg.outputs) else None
+    return Outputs.in_folder(work), final
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
 
 
 def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
@@ -49,18 +80,22 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         cfg.logger.mlflow.tracking_uri = strip_credentials(cfg.logger.mlflow.tracking_uri)
     overrides = [strip_override(o) for o in overrides or []]
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    out = outputs_for(cfg).make()
+    out, final = run_outputs(cfg)
+    out.make()
+    resume_id = saved_run_id(out.models / "last.ckpt") if cfg.resume else None
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    (out.models / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    if not cfg.resume:
+        (out.models / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
     datamodule, history = instantiate(cfg.data), EpochHistory()
     fitter = fitter_for(cfg, resolved, datamodule, history, out.models)
     (out.models / "model_summary.txt").write_text(fitter.summary_text)
     tags = record.run_tags(cfg, fitter.accelerator, fitter.device) if fitter.is_global_zero else {}
-    with record.training_run(cfg, tags, fitter.is_global_zero) as run:
+    with record.training_run(cfg, tags, fitter.is_global_zero, resume_id) as run:
         if run:
-            history.sinks.append(
+            fitter.set_run_id(run.run_id)
+            history.sinks.append(record.epoch_sink(run))
+            if not resume_id:
                 record.record_start(run, resolved, fitter.parameters, out.models / "config.yaml", overrides)
-            )
         started = time.perf_counter()
         fitted = fitter.fit()
         if fitted is None:
@@ -78,26 +113,33 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         if run:
             model = deployable(net, cfg) if fitter.loggable else None
             record.record_results(run, cfg, out, model, checkpoint, input_example(cfg, datamodule), test_results)
-    print_summary(
-        summary,
-        {
-            "accelerator": fitter.accelerator,
-            "checkpoint": checkpoint,
-            "metrics": out.metrics / "train.json",
-            "history": out.plots / "history.csv",
-            "mlflow run": run.run_id if run else "(not tracked)",
-        },
-    )
+    (out.models / "last.ckpt").unlink(missing_ok=True)  # finished: nothing left to resume
+    if final:
+        move_into_place(out, final)
+        out, checkpoint = final, final.models / checkpoint.name
+    places = {
+        "accelerator": fitter.accelerator,
+        "checkpoint": checkpoint,
+        "metrics": out.metrics / "train.json",
+        "history": out.plots / "history.csv",
+        "mlflow run": run.run_id if run else "(not tracked)",
+    }
+    print_summary(summary, places)
     return summary
 
 
 def _task(cfg: DictConfig) -> float | None:
+    hydra = HydraConfig.get()
     try:
-        summary = train(cfg, list(HydraConfig.get().overrides.task))
-    except ConfigError as exc:
-        fail(PROG, f"config: {exc}")
-    except DataError as exc:
-        fail(PROG, str(exc), code=1)
+        summary = train(cfg, list(hydra.overrides.task))
+    except (ConfigError, DataError, TrainingDiverged, TrackingError) as exc:
+        message = f"config: {exc}" if isinstance(exc, ConfigError) else str(exc)
+        if hydra.mode != RunMode.MULTIRUN:
+            fail(PROG, message, code=2 if isinstance(exc, ConfigError) else 1)
+        # One bad job does not stop a sweep: it is recorded as a FAILED run and the others go on.
+        print(f"{PROG}: error: job {hydra.job.num} ({' '.join(hydra.overrides.task)}): {message}", file=sys.stderr)
+        record.record_failed_job(cfg, message)
+        return None
     except KeyboardInterrupt:
         fail(PROG, "interrupted; the MLflow run is marked KILLED", code=130)
     return summary.get("best_val_acc")  # what a sweeper optimises

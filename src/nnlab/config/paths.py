@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -61,3 +64,56 @@ class Outputs:
         for folder in (self.models, self.metrics, self.plots):
             folder.mkdir(parents=True, exist_ok=True)
         return self
+
+
+def canonical_outputs(outputs: str) -> bool:
+    """Whether a run writes the DVC-tracked models/<name>, metrics/<name>, plots/<name>: inside a
+    DVC stage (``outputs: auto``) or when asked (``outputs: canonical``); else its own folder."""
+    return outputs == "canonical" or (outputs == "auto" and bool(os.environ.get("DVC_STAGE")))
+
+
+def new_run_folder(log_dir: str | Path, name: str) -> Path:
+    """logs/runs/<name>/<time with microseconds>: what Hydra's run dir would be."""
+    return Path(log_dir) / "runs" / name / f"{datetime.now():%Y-%m-%d_%H-%M-%S-%f}"
+
+
+def unfinished_run(log_dir: str | Path, name: str) -> Path | None:
+    """The newest run folder of ``name`` that still holds a last.ckpt (a run that did not finish)."""
+    found = sorted(
+        (p.stat().st_mtime, p.parents[1]) for p in (Path(log_dir) / "runs" / name).glob("*/models/last.ckpt")
+    )
+    return found[-1][1] if found else None
+
+
+def move_into_place(work: Outputs, final: Outputs) -> None:
+    """A finished run's outputs into the canonical places: the model folder is swapped whole
+    (renames), metrics and plots file by file (os.replace), so readers never see half a result."""
+    final.models.parent.mkdir(parents=True, exist_ok=True)
+    replace_dir(work.models, final.models)
+    for src, dst in ((work.metrics, final.metrics), (work.plots, final.plots)):
+        dst.mkdir(parents=True, exist_ok=True)
+        for path in src.iterdir():
+            os.replace(path, dst / path.name)
+
+
+def replace_dir(new: str | Path, target: str | Path) -> None:
+    """Put the finished folder ``new`` in place of ``target`` by renames (same file system):
+    the old folder is moved aside first and deleted only once the new one is in place; it is
+    put back if that fails. Readers see the old or the new folder, never a half-written one."""
+    new, target = Path(new), Path(target)
+    old = None
+    if target.exists() or target.is_symlink():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
+        old.rmdir()
+        target.rename(old)
+    try:
+        new.rename(target)
+    except BaseException:
+        if old is not None:
+            old.rename(target)
+        raise
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ values. Every failure is a ``ConfigError`` whose message is one line naming the 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from typing import Any, get_args, get_type_hints
@@ -17,6 +18,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from nnlab.models.networks import ACTIVATIONS
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
@@ -110,6 +112,7 @@ class MLPModel(LinearModel):
         _sizes(self, "hidden_sizes")
         _one_of(self, "activation", ACTIVATIONS)
         _fraction(self, "dropout")
+        _check(len(self.hidden_sizes) > 0, "hidden_sizes", "needs at least one layer (for none, use model=linear)")
 
 
 @dataclass
@@ -256,7 +259,12 @@ class TrainerConfig:
                 name,
                 f"must be a fraction (0.1) or a number of batches (20), got {value!r}",
             )
-        _positive(self, "max_epochs", "num_nodes", "log_every_n_steps", "limit_train_batches")
+        _positive(self, "max_epochs", "num_nodes", "log_every_n_steps", "limit_train_batches", "gradient_clip_val")
+        _check(
+            self.limit_val_batches != 0,
+            "limit_val_batches",
+            "must be > 0: the best checkpoint is chosen by validation loss (null: all batches)",
+        )
         _check(self.deterministic in (True, False, "warn"), "deterministic", "must be true, false or warn")
 
 
@@ -273,6 +281,12 @@ class MlflowConfig:
             self.serialization_format in ("pt2", "pickle"),
             "mlflow.serialization_format",
             f"must be pt2 or pickle, got {self.serialization_format!r}",
+        )
+        scheme = self.tracking_uri.split(":", 1)[0] if self.tracking_uri and ":" in self.tracking_uri else None
+        _check(
+            scheme is None or scheme in TRACKING_SCHEMES,
+            "mlflow.tracking_uri",
+            f"scheme must be one of {', '.join(TRACKING_SCHEMES)}, got {self.tracking_uri!r}",
         )
 
 
@@ -311,9 +325,13 @@ class RootConfig:
     label_smoothing: float = 0.0
     test_after_fit: bool = True
     reference: str | None = None
+    outputs: str = "auto"  # auto: canonical inside a DVC stage, else the run's own folder
+    resume: bool = False  # continue the last unfinished run of this name from its last.ckpt
+    run_dir: str | None = None  # evaluate: a run folder (logs/runs/<name>/<time>) instead of the canonical outputs
 
     def __post_init__(self):
         _fraction(self, "label_smoothing")
+        _one_of(self, "outputs", ("auto", "canonical", "run"))
         # name becomes a folder under models/, metrics/, plots/: no '', '..', '/' or spaces
         _check(
             bool(NAME_PATTERN.fullmatch(self.name)) and ".." not in self.name,
@@ -392,6 +410,16 @@ def check_group(group: str, node: Any) -> Any:
     return _convert(group, schema, node) if schema else None
 
 
+def _check_finite(tree: Any, prefix: str = "") -> None:
+    """No nan or inf anywhere: a learning rate of inf or a data.mean of nan trains a NaN model."""
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ()
+    for key, value in items:
+        name = f"{prefix}.{key}" if prefix and isinstance(key, str) else f"{prefix}[{key}]" if prefix else str(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name}: must be a finite number, got {value}")
+        _check_finite(value, name)
+
+
 def validate(cfg: DictConfig) -> dict[str, Any]:
     """The checked groups as dataclass objects; raises ConfigError with a one-line message."""
     allowed_top = {f.name for f in fields(RootConfig)} | set(GROUPS) | {"callbacks"}
@@ -401,6 +429,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         resolved = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{getattr(exc, 'full_key', '')}: {str(exc).splitlines()[0]}") from None
+    _check_finite(resolved)
     node = OmegaConf.create(resolved)
     out: dict[str, Any] = {}
     for group in GROUPS:

@@ -7,10 +7,9 @@ it was trained on: a flipped pixel, a changed label or another split gives anoth
 from __future__ import annotations
 
 import hashlib
-import shutil
-import tempfile
 from pathlib import Path
 
+from nnlab.config.paths import replace_dir  # noqa: F401  (re-exported for the data writers)
 from nnlab.data.idx import FILES, DataError
 
 # What to run when a prepared folder is corrupted or incomplete.
@@ -60,26 +59,3 @@ def data_hash(data_dir: str | Path) -> str:
             while chunk := handle.read(_CHUNK):
                 digest.update(chunk)
     return digest.hexdigest()
-
-
-def replace_dir(new: str | Path, target: str | Path) -> None:
-    """Put the finished folder ``new`` in place of ``target`` by renames (same file system):
-    the old folder is moved aside first and deleted only once the new one is in place; it is
-    put back if that fails. Readers see the old or the new folder, never a half-written one."""
-    new, target = Path(new), Path(target)
-    old = None
-    if target.exists() or target.is_symlink():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
-        old.rmdir()
-        target.rename(old)
-    try:
-        new.rename(target)
-    except BaseException:
-        if old is not None:
-            old.rename(target)
-        raise
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)

@@ -108,6 +108,7 @@ class TensorDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.raw_test_inputs: np.ndarray | None = None  # as stored (MNIST: uint8 pixels), for plots
+        self._train_passes = 0
 
     def load(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         raise NotImplementedError
@@ -171,7 +172,7 @@ class TensorDataModule(L.LightningDataModule):
             return TensorBatches(x, y, self.eval_batch_size)
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        return TensorBatches(
+        batches = TensorBatches(
             x,
             y,
             self.batch_size,
@@ -182,6 +183,17 @@ class TensorDataModule(L.LightningDataModule):
             shift=self.shift,
             fill=self.background,
         )
+        batches.passes = self._train_passes  # a resumed run continues the saved batch order
+        self._train_batches = batches
+        return batches
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: how many shuffled passes the training batches have made."""
+        batches = getattr(self, "_train_batches", None)
+        return {"train_passes": batches.passes if batches else self._train_passes}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._train_passes = int(state.get("train_passes", 0))
 
     @property
     def background(self) -> float:

@@ -15,6 +15,7 @@ from nnlab.config.schema import ConfigError, check_group
 from nnlab.models.networks import NETWORKS
 
 CONFIG_KEY = "nnlab_config"
+RUN_ID_KEY = "nnlab_run_id"  # the MLflow run that wrote the checkpoint (None: untracked)
 
 
 def build_network(model: Any) -> nn.Module:
@@ -30,6 +31,12 @@ def build_network(model: Any) -> nn.Module:
         raise ConfigError(f"model._target_: must be one of {', '.join(NETWORKS)}, got {target!r}")
     spec = check_group("model", model)
     return NETWORKS[target](**{f.name: getattr(spec, f.name) for f in fields(spec) if f.name != "_target_"})
+
+
+def saved_run_id(path: str | Path) -> str | None:
+    """The MLflow run id a checkpoint carries (None: untracked, or written before run ids travelled)."""
+    run_id = torch.load(path, map_location="cpu", weights_only=True).get(RUN_ID_KEY)
+    return run_id if isinstance(run_id, str) else None
 
 
 def load_network(path: str | Path) -> tuple[nn.Module, DictConfig]:

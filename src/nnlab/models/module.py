@@ -35,7 +35,11 @@ class Classifier(L.LightningModule):
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.metrics = nn.ModuleDict(
             {
-                f"{split}_{kind}": (MulticlassAccuracy(num_classes, average="micro") if kind == "acc" else MeanMetric())
+                f"{split}_{kind}": (
+                    MulticlassAccuracy(num_classes, average="micro")
+                    if kind == "acc"
+                    else MeanMetric(nan_strategy="disable")
+                )
                 for split in ("train", "val")
                 for kind in ("acc", "loss")
             }

@@ -16,7 +16,7 @@ from torch import nn
 from nnlab.config.paths import Outputs
 from nnlab.data.integrity import data_hash
 from nnlab.report.tables import read_json, write_json
-from nnlab.tracking.run import Run, existing_run, flatten, open_run
+from nnlab.tracking.run import Run, existing_run, flatten, open_run, process_tags
 from nnlab.tracking.sweep import sweep_tags
 
 
@@ -53,26 +53,64 @@ def run_tags(cfg: DictConfig, accelerator: str, device: str) -> dict:
 
 
 @contextmanager
-def training_run(cfg: DictConfig, tags: dict, tracked: bool = True) -> Iterator[Run | None]:
-    """The MLflow run of one training (None when the logger is off or off rank 0)."""
+def training_run(
+    cfg: DictConfig, tags: dict, tracked: bool = True, resume_id: str | None = None
+) -> Iterator[Run | None]:
+    """The MLflow run of one training (None when the logger is off or off rank 0); with
+    ``resume_id``, the run a crashed training left, continued."""
     mlflow_cfg = cfg.logger.get("mlflow")
     if not mlflow_cfg or not tracked:
         yield None
         return
+    if resume_id:
+        tags = {**tags, "resumed": "true"}
     with open_run(
-        mlflow_cfg.experiment_name, cfg.name, Path(cfg.paths.root_dir), mlflow_cfg.tracking_uri, tags=tags
+        mlflow_cfg.experiment_name,
+        cfg.name,
+        Path(cfg.paths.root_dir),
+        mlflow_cfg.tracking_uri,
+        tags={**tags, **process_tags()},
+        resume_id=resume_id,
     ) as run:
         yield run
 
 
-def record_start(
-    run: Run, resolved: dict, parameters: int, config_file: Path, overrides: list[str]
-) -> Callable[[dict], None]:
-    """The run's params, config and overrides; returns the sink that logs each epoch's row."""
+def record_failed_job(cfg: DictConfig, message: str) -> None:
+    """A sweep job that could not train: a FAILED run under the sweep's parent, with the reason.
+    A job that failed after its run started already has that run (``open_run`` ended it FAILED)."""
+    mlflow_cfg = cfg.logger.get("mlflow") if isinstance(cfg.get("logger"), DictConfig) else None
+    if not mlflow_cfg or not sweep_tags():
+        return
+    tags = {**sweep_tags(), "experiment": str(cfg.get("name")), "error": message[:5000]}
+    parent = existing_run(tags["mlflow.parentRunId"], Path(cfg.paths.root_dir), mlflow_cfg.tracking_uri)
+    client = parent.client
+    exp_id = client.get_run(parent.run_id).info.experiment_id
+    if client.search_runs(
+        [exp_id], filter_string=f"tags.sweep_job = '{tags['sweep_job']}' and tags.sweep_id = '{parent.run_id}'"
+    ):
+        return
+    run = client.create_run(exp_id, run_name=str(cfg.get("name")), tags=tags)
+    client.set_terminated(run.info.run_id, "FAILED")
+
+
+def record_start(run: Run, resolved: dict, parameters: int, config_file: Path, overrides: list[str]) -> None:
+    """The run's params, config and overrides."""
     run.log_params({**flatten(resolved), "parameters": parameters})
     run.log_artifact(config_file)
     run.log_text("\n".join(overrides) + "\n", "overrides.txt")
-    return lambda row: run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+
+
+def epoch_sink(run: Run) -> Callable[[dict], None]:
+    """Logs each epoch's row at step = epoch, skipping epochs the run already has (a resumed
+    run replays its history: the metric history stays 1..N without duplicates)."""
+    logged = {m.step for m in run.client.get_metric_history(run.run_id, "val_acc")}
+
+    def sink(row: dict) -> None:
+        if row["epoch"] not in logged:
+            run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+            logged.add(row["epoch"])
+
+    return sink
 
 
 def log_test_results(run: Run, metrics: dict, files: list[Path]) -> None:
@@ -115,14 +153,24 @@ def record_results(
     return record
 
 
-def record_evaluation(cfg: DictConfig, models_dir: Path, metrics: dict, files: list[Path]) -> str | None:
-    """Add test results to the MLflow run that trained the checkpoint (from its run.json)."""
+def evaluation_run_id(models_dir: Path, checkpoint_run_id: str | None) -> str | None:
+    """The MLflow run that trained the checkpoint: the id inside it, which run.json (when
+    present) must name too; a mismatch means one of them is stale (a crashed re-run)."""
+    recorded = read_json(models_dir / "run.json").get("mlflow_run_id") if (models_dir / "run.json").is_file() else None
+    if checkpoint_run_id and recorded and checkpoint_run_id != recorded:
+        raise ValueError(
+            f"{models_dir}: best.ckpt was trained in MLflow run {checkpoint_run_id} but run.json names "
+            f"run {recorded}; one of them is stale: train it again (dvc repro -f train@{models_dir.name})"
+        )
+    return checkpoint_run_id or recorded
+
+
+def record_evaluation(cfg: DictConfig, run_id: str | None, metrics: dict, files: list[Path]) -> str | None:
+    """Add test results to the MLflow run that trained the checkpoint."""
     mlflow_cfg = cfg.logger.get("mlflow")
-    if not mlflow_cfg or not (models_dir / "run.json").is_file():
+    if not mlflow_cfg or not run_id:
         return None
-    run = existing_run(
-        read_json(models_dir / "run.json")["mlflow_run_id"], Path(cfg.paths.root_dir), mlflow_cfg.tracking_uri
-    )
+    run = existing_run(run_id, Path(cfg.paths.root_dir), mlflow_cfg.tracking_uri)
     log_test_results(run, metrics, files)
     if mlflow_cfg.register and mlflow_cfg.log_model:
         run.register_champion(f"nnlab-{cfg.name}")

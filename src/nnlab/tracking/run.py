@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from nnlab.config.schema import TRACKING_SCHEMES
 from nnlab.tracking.credentials import strip_credentials
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
@@ -24,10 +26,37 @@ def default_tracking_uri(root: Path) -> str:
     return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
 
 
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used (one-line message naming the URI and the fix)."""
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """A tracking server must answer its /health within ``timeout`` seconds; MLflow's own client
+    would retry for minutes before failing with a page of traceback."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).read()
+    except OSError as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise TrackingError(
+            f"tracking server {uri} does not answer ({reason}); start it (make server) "
+            "or point MLFLOW_TRACKING_URI / logger.mlflow.tracking_uri elsewhere"
+        ) from None
+
+
 def resolve_tracking_uri(configured: str | None, root: Path) -> str:
     """``MLFLOW_TRACKING_URI``, else the config's, else a SQLite store at the repository root.
     User info in the URI moves to MLflow's credential variables (see tracking.credentials)."""
-    return strip_credentials(os.environ.get("MLFLOW_TRACKING_URI") or configured) or default_tracking_uri(root)
+    uri = strip_credentials(os.environ.get("MLFLOW_TRACKING_URI") or configured) or default_tracking_uri(root)
+    scheme = uri.split(":", 1)[0]
+    if ":" in uri and scheme not in TRACKING_SCHEMES:
+        raise TrackingError(
+            f"tracking URI {uri!r}: unknown scheme {scheme!r}; use one of {', '.join(TRACKING_SCHEMES)}"
+        )
+    return uri
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -141,14 +170,28 @@ def experiment_id(client: MlflowClient, name: str, root: Path, uri: str) -> str:
 
 @contextmanager
 def open_run(
-    experiment: str, run_name: str, root: Path, tracking_uri: str | None = None, tags: Mapping[str, Any] | None = None
+    experiment: str,
+    run_name: str,
+    root: Path,
+    tracking_uri: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    resume_id: str | None = None,
 ) -> Iterator[Run]:
-    """Start a run; end it FINISHED, FAILED (with the error as a tag) or KILLED (Ctrl-C)."""
+    """Start a run (or continue ``resume_id``); end it FINISHED, FAILED (with the error as a tag)
+    or KILLED (Ctrl-C). Runs of the same name left RUNNING by a dead process are marked KILLED."""
     uri = resolve_tracking_uri(tracking_uri, root)
-    client = MlflowClient(tracking_uri=uri)
-    exp_id = experiment_id(client, experiment, root, uri)
-    info = client.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
-    run = Run(client, info.info.run_id)
+    check_reachable(uri)
+    with store_lock(uri):  # a new SQLite store is created and migrated by one process at a time
+        client = MlflowClient(tracking_uri=uri)
+        exp_id = experiment_id(client, experiment, root, uri)
+    mark_dead_runs_killed(client, exp_id, run_name)
+    if resume_id:
+        client.update_run(resume_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        for key, value in (tags or {}).items():
+            client.set_tag(resume_id, key, value)
+        run = Run(client, resume_id)
+    else:
+        run = Run(client, client.create_run(exp_id, run_name=run_name, tags=dict(tags or {})).info.run_id)
     try:
         yield run
     except KeyboardInterrupt:
@@ -160,6 +203,60 @@ def open_run(
         raise
     else:
         client.set_terminated(run.run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def process_tags() -> dict[str, str]:
+    """Which process runs this: a later run uses it to tell a dead run from a live one."""
+    return {"nnlab.host": socket.gethostname(), "nnlab.pid": str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def mark_dead_runs_killed(client: MlflowClient, exp_id: str, run_name: str) -> list[str]:
+    """Runs named ``run_name`` still RUNNING whose process on this host is gone: KILLED, with a tag."""
+    host = socket.gethostname()
+    runs = client.search_runs(
+        [exp_id], filter_string=f"attributes.run_name = '{run_name}' and attributes.status = 'RUNNING'"
+    )
+    dead = []
+    for found in runs:
+        tags = found.data.tags
+        pid = tags.get("nnlab.pid", "")
+        if tags.get("nnlab.host") == host and pid.isdigit() and not _alive(int(pid)):
+            client.set_tag(
+                found.info.run_id, "killed_reason", f"process {pid} on {host} died while the run was RUNNING"
+            )
+            client.set_terminated(found.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            dead.append(found.info.run_id)
+    return dead
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """An exclusive file lock beside a SQLite store while it may be created or migrated: eight
+    trainings started at once on a new store otherwise race to create its tables."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    path = Path(uri.removeprefix("sqlite:///")).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # creates and migrates the store
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def existing_run(run_id: str, root: Path, tracking_uri: str | None = None) -> Run:

@@ -7,6 +7,7 @@ network (a torch module in eval mode) and its checkpoint. Nothing here knows of 
 from __future__ import annotations
 
 import os
+import random
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from nnlab.models.checkpoint import CONFIG_KEY
+from nnlab.models.checkpoint import CONFIG_KEY, RUN_ID_KEY
 from nnlab.models.module import Classifier
 from nnlab.models.networks import count_parameters
 from nnlab.models.summary import format_summary, summarize
@@ -44,14 +45,60 @@ def build_module(cfg: DictConfig) -> Classifier:
     )
 
 
-class ConfigInCheckpoint(L.Callback):
-    """Stores the resolved config in every checkpoint Lightning writes (see models.checkpoint)."""
+class RunStateInCheckpoint(L.Callback):
+    """Stores in every checkpoint Lightning writes the resolved config (models.checkpoint rebuilds
+    the network from it), the MLflow run id, and the random number generators' states, which a
+    resumed run restores so that it continues as if it had never stopped."""
 
     def __init__(self, config: dict):
         self.config = config
+        self.run_id: str | None = None
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         checkpoint[CONFIG_KEY] = self.config
+        checkpoint[RUN_ID_KEY] = self.run_id
+        checkpoint["nnlab_rng"] = rng_state()
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        if "nnlab_rng" in checkpoint:
+            set_rng_state(checkpoint["nnlab_rng"])
+
+
+def rng_state() -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class LastCheckpoint(L.Callback):
+    """``last.ckpt`` at the end of every epoch (written to a temporary file, then renamed), and
+    only then the epoch's history row goes to the tracker: what is tracked is always resumable."""
+
+    def __init__(self, path: Path, history: EpochHistory):
+        self.path, self.history = Path(path), history
+        history.deferred = True
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        partial = self.path.with_name(self.path.name + ".partial")
+        trainer.save_checkpoint(partial, weights_only=False)
+        if trainer.is_global_zero:
+            os.replace(partial, self.path)
+            self.history.flush()
 
 
 @dataclass
@@ -66,6 +113,7 @@ class Fitter:
     is_global_zero: bool
     fit: Callable[[], tuple[nn.Module, Path] | None]
     loggable: bool = True  # mlflow.pytorch.log_model can save it
+    set_run_id: Callable[[str], None] = lambda run_id: None  # written into every checkpoint
 
 
 def fitter_for(cfg: DictConfig, resolved: dict, datamodule, history: EpochHistory, models_dir: Path) -> Fitter:
@@ -76,7 +124,7 @@ def fitter_for(cfg: DictConfig, resolved: dict, datamodule, history: EpochHistor
 
 def _callbacks(cfg: DictConfig, resolved: dict, history: EpochHistory, models_dir: Path) -> list[L.Callback]:
     """history and config-in-checkpoint (always), then the configured ``callbacks`` group."""
-    callbacks = [history, ConfigInCheckpoint(resolved)]
+    callbacks = [history, RunStateInCheckpoint(resolved), LastCheckpoint(models_dir / "last.ckpt", history)]
     for name, spec in (cfg.get("callbacks") or {}).items():
         if spec is None:
             continue
@@ -92,11 +140,13 @@ def _lightning_fitter(cfg: DictConfig, resolved: dict, datamodule, history: Epoc
     if cfg.trainer.deterministic and torch.cuda.is_available():
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     callbacks = _callbacks(cfg, resolved, history, models_dir)
+    run_state = next(c for c in callbacks if isinstance(c, RunStateInCheckpoint))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False, default_root_dir=cfg.paths.log_dir)
+    last = models_dir / "last.ckpt"
 
     def fit():
         try:
-            trainer.fit(module, datamodule=datamodule)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if cfg.resume else None)
         except SystemExit:  # Lightning turns Ctrl-C into exit code 1: keep it an interrupt
             if trainer.interrupted:
                 raise KeyboardInterrupt("training interrupted") from None
@@ -110,7 +160,15 @@ def _lightning_fitter(cfg: DictConfig, resolved: dict, datamodule, history: Epoc
     accelerator = type(trainer.accelerator).__name__.removesuffix("Accelerator").lower()
     device = torch.cuda.get_device_name(0) if accelerator == "cuda" else accelerator
     summary = format_summary(summarize(module.net, cfg.data.input_shape), type(module.net).__name__)
-    return Fitter(count_parameters(module.net), summary, accelerator, device, trainer.is_global_zero, fit)
+    return Fitter(
+        count_parameters(module.net),
+        summary,
+        accelerator,
+        device,
+        trainer.is_global_zero,
+        fit,
+        set_run_id=lambda run_id: setattr(run_state, "run_id", run_id),
+    )
 
 
 def _numpy_fitter(cfg: DictConfig, datamodule, history: EpochHistory, models_dir: Path) -> Fitter:

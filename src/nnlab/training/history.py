@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,12 +24,20 @@ COLUMNS = (
 )
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became nan or inf: the run stops and ends FAILED, and no model is logged."""
+
+
 class EpochHistory(L.Callback):
     """Collects train/val loss and accuracy, learning rate and timings once per epoch."""
 
     def __init__(self, sinks: list[Callable[[dict], None]] | None = None):
         self.rows: list[dict] = []
         self.sinks = sinks or []
+        # deferred: rows reach the sinks only on flush(), once the epoch's last.ckpt is written,
+        # so the tracked history never runs ahead of what a resumed run continues from.
+        self.deferred = False
+        self._pending: list[dict] = []
         self._epoch_start = self._train_end = 0.0
         self._samples = 0
 
@@ -43,15 +52,16 @@ class EpochHistory(L.Callback):
             self._train_end = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module):
-        if not trainer.is_global_zero:
-            return
         now = time.perf_counter()
         train_seconds = (self._train_end or now) - self._epoch_start
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         # Callbacks run before the LightningModule's own on_train_epoch_end, where it logs
-        # the training metrics: ask the module for them when it can tell.
+        # the training metrics: ask the module for them when it can tell. Every rank asks:
+        # computing them synchronises the processes.
         if hasattr(pl_module, "epoch_metrics"):
             metrics.update({k: float(v) for k, v in pl_module.epoch_metrics("train").items()})
+        if not trainer.is_global_zero:
+            return
         row = {
             "epoch": trainer.current_epoch + 1,
             "train_loss": metrics.get("train/loss"),
@@ -67,10 +77,34 @@ class EpochHistory(L.Callback):
         self.record(row)
 
     def record(self, row: dict) -> None:
-        """Keep one epoch's row and hand it to the sinks (also used by the NumPy loop)."""
+        """Keep one epoch's row and hand it to the sinks (also used by the NumPy loop).
+        A non-finite loss stops the run here, before anything of that epoch is recorded."""
+        for key in ("train_loss", "val_loss"):
+            value = row.get(key)
+            if value is not None and not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"training diverged: {key} is {value} in epoch {row['epoch']}; "
+                    f"lower optimizer.lr (the rate was {row.get('lr'):g} then) or set trainer.gradient_clip_val"
+                )
         self.rows.append(row)
-        for sink in self.sinks:
-            sink(row)
+        self._pending.append(row)
+        if not self.deferred:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand the rows not yet handed over to the sinks."""
+        pending, self._pending = self._pending, []
+        for row in pending:
+            for sink in self.sinks:
+                sink(row)
+
+    def state_dict(self) -> dict:  # saved in every checkpoint: a resumed run keeps its history
+        return {"rows": [dict(r) for r in self.rows]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows = [dict(r) for r in state.get("rows", [])]
+        self._pending = list(self.rows)  # sinks skip what they already have (see tracking.record)
+        self.flush()
 
     def best(self) -> dict:
         """The epoch the checkpoint keeps: lowest validation loss."""

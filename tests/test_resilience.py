@@ -1,0 +1,305 @@
+"""Resilience with real processes: a SIGKILLed training resumed to the same result, dead runs
+marked KILLED, non-finite values stopped, outputs that belong to one run, 8 concurrent
+trainings on a new store, and a sweep that survives a bad job."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from nnlab.train import train
+
+from helpers import REPO, run_module, venv_env
+
+# A small CNN without dropout: a resumed run must end exactly where an uninterrupted one does.
+CNN = [
+    "data=mnist",
+    "model=cnn",
+    "model.channels=[8,16]",
+    "model.hidden_size=32",
+    "model.dropout=0",
+    "model.conv_dropout=0",
+    "data.batch_size=16",
+    "trainer.max_epochs=12",
+    "trainer=cpu",
+    "trainer.enable_progress_bar=false",
+    "logger.mlflow.log_model=false",
+]
+
+
+def _runs(uri: str, name: str):
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("nnlab")
+    return client, client.search_runs([experiment.experiment_id], f"attributes.run_name = '{name}'")
+
+
+def _weights(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_a_sigkilled_run_resumes_into_the_same_run_and_ends_as_if_never_stopped(project, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {"NNLAB_ROOT": str(project), "MLFLOW_TRACKING_URI": uri}
+    whole = run_module("nnlab.train", *CNN, "name=whole", "outputs=canonical", cwd=project, timeout=600, **env)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nnlab.train", *CNN, "name=crash", "outputs=canonical"],
+        cwd=project,
+        env=venv_env(**env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    runs_dir = project / "logs" / "runs" / "crash"
+    deadline = time.time() + 300
+    while not list(runs_dir.glob("*/models/last.ckpt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    time.sleep(0.3)  # a few more epochs
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    [folder] = [p.parents[1] for p in runs_dir.glob("*/models/last.ckpt")]
+    killed_at = torch.load(folder / "models" / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] + 1
+    assert 1 <= killed_at < 12, "the kill came after the run had finished"
+    assert not (project / "models" / "crash").exists()  # nothing half-done in the canonical places
+    client, [run] = _runs(uri, "crash")
+    assert run.info.status == "RUNNING"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc")) == list(
+        range(1, killed_at + 1)
+    )
+
+    resumed = run_module(
+        "nnlab.train", *CNN, "name=crash", "outputs=canonical", "resume=true", cwd=project, timeout=600, **env
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    client, runs = _runs(uri, "crash")
+    assert [r.info.run_id for r in runs] == [run.info.run_id]  # the same run, continued
+    finished = runs[0]
+    assert finished.info.status == "FINISHED" and finished.data.tags["resumed"] == "true"
+    assert "died while the run was RUNNING" in finished.data.tags["killed_reason"]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+    assert sorted(steps) == list(range(1, 13))  # no gap, no duplicate
+    a, b = (json.loads((project / "metrics" / n / "train.json").read_text()) for n in ("whole", "crash"))
+    for key in ("epochs", "best_epoch", "best_val_acc", "best_val_loss", "test_acc", "test_loss", "final_train_loss"):
+        assert a[key] == b[key], key
+    wa, wb = _weights(project / "models" / "whole" / "best.ckpt"), _weights(project / "models" / "crash" / "best.ckpt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not (project / "models" / "crash" / "last.ckpt").exists()
+
+
+def test_resume_without_an_unfinished_run_is_one_line(project):
+    proc = run_module("nnlab.train", "experiment=blobs_linear", "trainer=cpu", "resume=true", cwd=project)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "nnlab.train: error: config: resume: no unfinished run of 'blobs_linear' (a run folder with "
+        f"models/last.ckpt) under {project / 'logs' / 'runs' / 'blobs_linear'}; run without resume=true"
+    ]
+
+
+def test_a_run_left_running_by_a_dead_process_is_marked_killed_by_the_next_run(compose, project, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("nnlab")
+    import socket
+
+    stale = client.create_run(
+        experiment, run_name="blobs_linear", tags={"nnlab.host": socket.gethostname(), "nnlab.pid": str(dead.pid)}
+    )
+    alive = client.create_run(
+        experiment, run_name="blobs_linear", tags={"nnlab.host": socket.gethostname(), "nnlab.pid": str(os.getpid())}
+    )
+    train(
+        compose(
+            "experiment=blobs_linear",
+            "trainer.max_epochs=1",
+            f"logger.mlflow.tracking_uri={uri}",
+            "logger.mlflow.log_model=false",
+        )
+    )
+    assert client.get_run(stale.info.run_id).info.status == "KILLED"
+    assert client.get_run(stale.info.run_id).data.tags["killed_reason"] == (
+        f"process {dead.pid} on {socket.gethostname()} died while the run was RUNNING"
+    )
+    assert client.get_run(alive.info.run_id).info.status == "RUNNING"  # its process lives: left alone
+
+
+def test_a_diverging_run_stops_with_one_line_and_ends_failed_without_a_model(project, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = run_module(
+        "nnlab.train",
+        "experiment=mnist_mlp",
+        "trainer=cpu",
+        "optimizer=sgd",
+        "optimizer.lr=1e6",
+        "name=diverge",
+        cwd=project,
+        MLFLOW_TRACKING_URI=uri,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        "nnlab.train: error: training diverged: train_loss is nan in epoch 1; lower optimizer.lr (the rate was "
+    )
+    client, [run] = _runs(uri, "diverge")
+    assert run.info.status == "FAILED" and "training diverged" in run.data.tags["error"]
+    assert client.search_logged_models([run.info.experiment_id]) == []
+    assert "val_acc" not in run.data.metrics  # the NaN epoch is not recorded
+    assert not list(project.glob("logs/runs/diverge/*/metrics/train.json"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.lr=inf", "optimizer.lr: must be a finite number, got inf"),
+        ("data.mean=nan", "data.mean: must be a finite number, got nan"),
+        ("model.hidden_sizes=[]", "model.hidden_sizes: needs at least one layer (for none, use model=linear)"),
+        ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val: must be > 0, got -1.0"),
+        (
+            "trainer.limit_val_batches=0",
+            "trainer.limit_val_batches: must be > 0: the best checkpoint is chosen by "
+            "validation loss (null: all batches)",
+        ),
+        (
+            "logger.mlflow.tracking_uri=ftp://host/x",
+            "logger.mlflow.tracking_uri: scheme must be one of sqlite, "
+            "postgresql, mysql, mssql, http, https, file, databricks, got 'ftp://host/x'",
+        ),
+        ("seed=-1", "config.seed: must be in [0, 2**32), got -1"),
+    ],
+)
+def test_impossible_values_are_refused_in_one_line(project, override, message):
+    proc = run_module("nnlab.train", "experiment=mnist_mlp", "trainer=cpu", override, cwd=project, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"nnlab.train: error: config: {message}"]
+
+
+def test_an_unreachable_tracking_server_is_one_line(project):
+    proc = run_module(
+        "nnlab.train",
+        "experiment=blobs_linear",
+        "trainer=cpu",
+        "logger.mlflow.tracking_uri=http://127.0.0.1:9",
+        cwd=project,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("nnlab.train: error: tracking server http://127.0.0.1:9 does not answer")
+    )
+
+
+def test_an_ad_hoc_run_keeps_to_its_own_folder_and_evaluate_reads_it(project, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = run_module(
+        "nnlab.train",
+        "experiment=blobs_linear",
+        "trainer=cpu",
+        "trainer.max_epochs=2",
+        "logger.mlflow.log_model=false",
+        cwd=project,
+        MLFLOW_TRACKING_URI=uri,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (project / "models").exists() and not (project / "metrics").exists()
+    [folder] = list((project / "logs" / "runs" / "blobs_linear").iterdir())
+    run_id = json.loads((folder / "models" / "run.json").read_text())["mlflow_run_id"]
+    assert torch.load(folder / "models" / "best.ckpt", weights_only=True)["nnlab_run_id"] == run_id
+    evaluated = run_module(
+        "nnlab.evaluate", "experiment=blobs_linear", f"run_dir={folder}", cwd=project, MLFLOW_TRACKING_URI=uri
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert json.loads((folder / "metrics" / "test.json").read_text())["test_acc"] == 1.0
+    assert MlflowClient(uri).get_run(run_id).data.metrics["test_acc"] == 1.0
+
+
+def test_evaluate_refuses_a_checkpoint_and_run_json_that_do_not_belong_together(compose, project, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    train(
+        compose(
+            "experiment=blobs_linear",
+            "trainer.max_epochs=1",
+            "test_after_fit=false",
+            "logger.mlflow.log_model=false",
+            f"logger.mlflow.tracking_uri={uri}",
+        )
+    )
+    run_json = project / "models" / "blobs_linear" / "run.json"
+    real = json.loads(run_json.read_text())["mlflow_run_id"]
+    run_json.write_text(json.dumps({"mlflow_run_id": "0" * 32}))  # a stale record from another run
+    proc = run_module("nnlab.evaluate", "experiment=blobs_linear", f"logger.mlflow.tracking_uri={uri}", cwd=project)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"nnlab.evaluate: error: {project / 'models' / 'blobs_linear'}: best.ckpt was trained in MLflow run {real} "
+        f"but run.json names run {'0' * 32}; one of them is stale: train it again (dvc repro -f train@blobs_linear)"
+    ]
+    assert not (project / "metrics" / "blobs_linear" / "test.json").exists()
+
+
+def test_eight_trainings_at_once_on_a_new_sqlite_store(project, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'new.db'}"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "nnlab.train",
+                "experiment=blobs_linear",
+                "trainer=cpu",
+                f"name=c{i}",
+                "trainer.max_epochs=1",
+                "trainer.enable_progress_bar=false",
+                "logger.mlflow.log_model=false",
+                "test_after_fit=false",
+            ],
+            cwd=project,
+            env=venv_env(MLFLOW_TRACKING_URI=uri),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(8)
+    ]
+    errors = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, "\n".join(e[-1500:] for e in errors)
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("nnlab").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == [f"c{i}" for i in range(8)]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_one_bad_job_does_not_stop_a_sweep(project, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = run_module(
+        "nnlab.train",
+        "-m",
+        "experiment=blobs_linear",
+        "optimizer.lr=-1,0.05",
+        "trainer=cpu",
+        "trainer.max_epochs=2",
+        "logger.mlflow.log_model=false",
+        cwd=REPO,
+        NNLAB_ROOT=str(project),
+        MLFLOW_TRACKING_URI=uri,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [line] = [line for line in proc.stderr.splitlines() if line.startswith("nnlab.train: error: job 0 (")]
+    assert "optimizer.lr=-1 " in line and line.endswith("): config: optimizer.lr: must be > 0, got -1.0")
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("nnlab").experiment_id])
+    jobs = {r.data.tags["sweep_job"]: r for r in runs if "sweep_job" in r.data.tags}
+    assert jobs["0"].info.status == "FAILED"
+    assert jobs["0"].data.tags["error"] == "config: optimizer.lr: must be > 0, got -1.0"
+    assert jobs["1"].info.status == "FINISHED" and jobs["1"].data.metrics["best_val_acc"] == 1.0
+    [parent] = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    assert parent.data.tags["failed_jobs"] == "1" and parent.data.tags["best_child"] == jobs["1"].info.run_id
