@@ -13,6 +13,7 @@ import time
 
 import pytest
 import torch
+import yaml
 from mlflow.tracking import MlflowClient
 
 from nnlab.train import train
@@ -246,22 +247,23 @@ def test_evaluate_refuses_a_checkpoint_and_run_json_that_do_not_belong_together(
     assert not (project / "metrics" / "blobs_linear" / "test.json").exists()
 
 
-def test_eight_trainings_at_once_on_a_new_sqlite_store(project, tmp_path):
+def test_eight_trainings_of_one_name_at_once_on_a_new_sqlite_store_keep_their_own_outputs(project, tmp_path):
     uri = f"sqlite:///{tmp_path / 'new.db'}"
+    command = [
+        sys.executable,
+        "-m",
+        "nnlab.train",
+        "experiment=blobs_linear",
+        "trainer=cpu",
+        "name=same",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        "logger.mlflow.log_model=false",
+        "test_after_fit=false",
+    ]
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "nnlab.train",
-                "experiment=blobs_linear",
-                "trainer=cpu",
-                f"name=c{i}",
-                "trainer.max_epochs=1",
-                "trainer.enable_progress_bar=false",
-                "logger.mlflow.log_model=false",
-                "test_after_fit=false",
-            ],
+            [*command, f"seed={i}"],
             cwd=project,
             env=venv_env(MLFLOW_TRACKING_URI=uri),
             stdout=subprocess.DEVNULL,
@@ -274,8 +276,16 @@ def test_eight_trainings_at_once_on_a_new_sqlite_store(project, tmp_path):
     assert [p.returncode for p in procs] == [0] * 8, "\n".join(e[-1500:] for e in errors)
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("nnlab").experiment_id])
-    assert sorted(r.info.run_name for r in runs) == [f"c{i}" for i in range(8)]
-    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert len(runs) == 8 and {r.info.status for r in runs} == {"FINISHED"}
+    assert sorted(r.data.params["seed"] for r in runs) == [str(i) for i in range(8)]
+    folders = sorted((project / "logs" / "runs" / "same").iterdir())
+    assert len(folders) == 8  # one folder per run: nothing shared, nothing overwritten
+    owners = {json.loads((f / "models" / "run.json").read_text())["mlflow_run_id"]: f for f in folders}
+    assert set(owners) == {r.info.run_id for r in runs}
+    for run_id, folder in owners.items():
+        assert torch.load(folder / "models" / "best.ckpt", weights_only=True)["nnlab_run_id"] == run_id
+        seed = yaml.safe_load((folder / "models" / "config.yaml").read_text())["seed"]
+        assert client.get_run(run_id).data.params["seed"] == str(seed)
 
 
 def test_one_bad_job_does_not_stop_a_sweep(project, tmp_path):
