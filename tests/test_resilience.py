@@ -29,7 +29,7 @@ CNN = [
     "model.dropout=0",
     "model.conv_dropout=0",
     "data.batch_size=16",
-    "trainer.max_epochs=12",
+    "trainer.max_epochs=20",
     "trainer=cpu",
     "trainer.enable_progress_bar=false",
     "logger.mlflow.log_model=false",
@@ -68,7 +68,7 @@ def test_a_sigkilled_run_resumes_into_the_same_run_and_ends_as_if_never_stopped(
     assert proc.wait() == -signal.SIGKILL
     [folder] = [p.parents[1] for p in runs_dir.glob("*/models/last.ckpt")]
     killed_at = torch.load(folder / "models" / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] + 1
-    assert 1 <= killed_at < 12, "the kill came after the run had finished"
+    assert 1 <= killed_at < 20, "the kill came after the run had finished"
     assert not (project / "models" / "crash").exists()  # nothing half-done in the canonical places
     client, [run] = _runs(uri, "crash")
     assert run.info.status == "RUNNING"
@@ -86,7 +86,7 @@ def test_a_sigkilled_run_resumes_into_the_same_run_and_ends_as_if_never_stopped(
     assert finished.info.status == "FINISHED" and finished.data.tags["resumed"] == "true"
     assert "died while the run was RUNNING" in finished.data.tags["killed_reason"]
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
-    assert sorted(steps) == list(range(1, 13))  # no gap, no duplicate
+    assert sorted(steps) == list(range(1, 21))  # no gap, no duplicate
     a, b = (json.loads((project / "metrics" / n / "train.json").read_text()) for n in ("whole", "crash"))
     for key in ("epochs", "best_epoch", "best_val_acc", "best_val_loss", "test_acc", "test_loss", "final_train_loss"):
         assert a[key] == b[key], key
@@ -148,7 +148,7 @@ def test_a_diverging_run_stops_with_one_line_and_ends_failed_without_a_model(pro
     assert proc.returncode == 1, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(
-        "nnlab.train: error: training diverged: train_loss is nan in epoch 1; lower optimizer.lr (the rate was "
+        "nnlab.train: error: training diverged: train_loss is inf in epoch 1; lower optimizer.lr (the rate was "
     )
     client, [run] = _runs(uri, "diverge")
     assert run.info.status == "FAILED" and "training diverged" in run.data.tags["error"]

@@ -38,7 +38,7 @@ class Classifier(L.LightningModule):
                 f"{split}_{kind}": (
                     MulticlassAccuracy(num_classes, average="micro")
                     if kind == "acc"
-                    else MeanMetric(nan_strategy="disable")
+                    else MeanMetric(nan_strategy=float("inf"))  # a nan loss counts as inf: the run stops
                 )
                 for split in ("train", "val")
                 for kind in ("acc", "loss")
