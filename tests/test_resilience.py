@@ -72,9 +72,10 @@ def test_a_sigkilled_run_resumes_into_the_same_run_and_ends_as_if_never_stopped(
     assert not (project / "models" / "crash").exists()  # nothing half-done in the canonical places
     client, [run] = _runs(uri, "crash")
     assert run.info.status == "RUNNING"
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc")) == list(
-        range(1, killed_at + 1)
-    )
+    # MLflow gets an epoch only after its last.ckpt is written: a kill between the two leaves the
+    # tracked history one epoch behind the checkpoint, never ahead (the resume replays it).
+    tracked = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc"))
+    assert tracked in (list(range(1, killed_at)), list(range(1, killed_at + 1)))
 
     resumed = run_module(
         "nnlab.train", *CNN, "name=crash", "outputs=canonical", "resume=true", cwd=project, timeout=600, **env
