@@ -28,7 +28,7 @@ from nnlab.config.paths import (
     register_resolvers,
     unfinished_run,
 )
-from nnlab.config.schema import ConfigError, validate
+from nnlab.config.schema import ConfigError, check, validate
 from nnlab.data.idx import DataError
 from nnlab.models.checkpoint import deployable, input_example, saved_run_id
 from nnlab.report import plots
@@ -52,10 +52,10 @@ def run_outputs(cfg: DictConfig) -> tuple[Outputs, Outputs | None]:
     hydra_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
     multirun = hydra_dir is not None and HydraConfig.get().mode == RunMode.MULTIRUN
     if cfg.resume:
-        _check(not multirun, "resume", "continues one run; it does not apply to a sweep (-m)")
-        _check(cfg.model._target_ != TARGET, "resume", "works for the Lightning models, not the NumPy network")
+        check(not multirun, "resume", "continues one run; it does not apply to a sweep (-m)")
+        check(cfg.model._target_ != TARGET, "resume", "works for the Lightning models, not the NumPy network")
         work = unfinished_run(cfg.paths.log_dir, cfg.name)
-        _check(
+        check(
             work is not None,
             "resume",
             f"no unfinished run of {cfg.name!r} (a run folder with models/last.ckpt) "
@@ -65,11 +65,6 @@ def run_outputs(cfg: DictConfig) -> tuple[Outputs, Outputs | None]:
         work = hydra_dir or new_run_folder(cfg.paths.log_dir, cfg.name)
     final = Outputs.canonical(cfg.paths, cfg.name) if not multirun and canonical_outputs(cfg.outputs) else None
     return Outputs.in_folder(work), final
-
-
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {message}")
 
 
 def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:

@@ -26,7 +26,8 @@ class ConfigError(ValueError):
     """A config value that is unknown, of the wrong type or impossible (one-line message)."""
 
 
-def _check(ok: bool, key: str, allowed: str) -> None:
+def check(ok: bool, key: str, allowed: str) -> None:
+    """ConfigError ``<key>: <allowed>`` unless ``ok``."""
     if not ok:
         raise ConfigError(f"{key}: {allowed}")
 
@@ -34,25 +35,25 @@ def _check(ok: bool, key: str, allowed: str) -> None:
 def _positive(obj: Any, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
-        _check(value is None or value > 0, name, f"must be > 0, got {value}")
+        check(value is None or value > 0, name, f"must be > 0, got {value}")
 
 
 def _sizes(obj: Any, *names: str) -> None:
     for name in names:
         values = getattr(obj, name)
-        _check(all(v > 0 for v in values), name, f"all sizes must be > 0, got {list(values)}")
+        check(all(v > 0 for v in values), name, f"all sizes must be > 0, got {list(values)}")
 
 
 def _one_of(obj: Any, name: str, choices) -> None:
     value = getattr(obj, name)
-    _check(value in choices, name, f"must be one of {', '.join(choices)}, got {value!r}")
+    check(value in choices, name, f"must be one of {', '.join(choices)}, got {value!r}")
 
 
 def _fraction(obj: Any, *names: str, upper_open: bool = True) -> None:
     for name in names:
         value = getattr(obj, name)
         ok = 0 <= value < 1 if upper_open else 0 <= value <= 1
-        _check(ok, name, f"must be in [0, 1{')' if upper_open else ']'}, got {value}")
+        check(ok, name, f"must be in [0, 1{')' if upper_open else ']'}, got {value}")
 
 
 # ---------------------------------------------------------------- data
@@ -71,7 +72,7 @@ class MNISTData:
 
     def __post_init__(self):
         _positive(self, "batch_size", "eval_batch_size", "num_classes", "std")
-        _check(0 <= self.shift <= 8, "shift", f"must be 0-8 pixels, got {self.shift}")
+        check(0 <= self.shift <= 8, "shift", f"must be 0-8 pixels, got {self.shift}")
 
 
 @dataclass
@@ -112,7 +113,7 @@ class MLPModel(LinearModel):
         _sizes(self, "hidden_sizes")
         _one_of(self, "activation", ACTIVATIONS)
         _fraction(self, "dropout")
-        _check(len(self.hidden_sizes) > 0, "hidden_sizes", "needs at least one layer (for none, use model=linear)")
+        check(len(self.hidden_sizes) > 0, "hidden_sizes", "needs at least one layer (for none, use model=linear)")
 
 
 @dataclass
@@ -126,9 +127,9 @@ class CNNModel(LinearModel):
 
     def __post_init__(self):
         super().__post_init__()
-        _check(len(self.input_shape) == 3, "input_shape", "a CNN needs [channels, height, width]")
+        check(len(self.input_shape) == 3, "input_shape", "a CNN needs [channels, height, width]")
         _sizes(self, "channels")
-        _check(self.kernel_size % 2 == 1 and self.kernel_size > 0, "kernel_size", "must be a positive odd number")
+        check(self.kernel_size % 2 == 1 and self.kernel_size > 0, "kernel_size", "must be a positive odd number")
         _positive(self, "hidden_size")
         _fraction(self, "conv_dropout", "dropout")
 
@@ -160,7 +161,7 @@ class SGDOptimizer:
 
     def __post_init__(self):
         _positive(self, "lr")
-        _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         _fraction(self, "momentum")
 
 
@@ -175,8 +176,8 @@ class AdamOptimizer:
 
     def __post_init__(self):
         _positive(self, "lr", "eps")
-        _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)")
+        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)")
 
 
 @dataclass
@@ -198,7 +199,7 @@ class RMSpropOptimizer:
     def __post_init__(self):
         _positive(self, "lr", "eps")
         _fraction(self, "alpha", "momentum")
-        _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
 
 
 # ---------------------------------------------------------------- schedulers
@@ -215,7 +216,7 @@ class OneCycleScheduler:
 
     def __post_init__(self):
         _positive(self, "max_lr", "total_steps", "div_factor", "final_div_factor")
-        _check(0 < self.pct_start < 1, "pct_start", f"must be in (0, 1), got {self.pct_start}")
+        check(0 < self.pct_start < 1, "pct_start", f"must be in (0, 1), got {self.pct_start}")
         _one_of(self, "anneal_strategy", ("cos", "linear"))
 
 
@@ -228,7 +229,7 @@ class CosineScheduler:
 
     def __post_init__(self):
         _positive(self, "T_max")
-        _check(self.eta_min >= 0, "eta_min", "must be >= 0")
+        check(self.eta_min >= 0, "eta_min", "must be >= 0")
 
 
 # ---------------------------------------------------------------- trainer, logger, paths
@@ -254,18 +255,18 @@ class TrainerConfig:
         _one_of(self, "accelerator", ACCELERATORS)
         for name in ("limit_train_batches", "limit_val_batches"):
             value = getattr(self, name)
-            _check(
+            check(
                 value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0),
                 name,
                 f"must be a fraction (0.1) or a number of batches (20), got {value!r}",
             )
         _positive(self, "max_epochs", "num_nodes", "log_every_n_steps", "limit_train_batches", "gradient_clip_val")
-        _check(
+        check(
             self.limit_val_batches != 0,
             "limit_val_batches",
             "must be > 0: the best checkpoint is chosen by validation loss (null: all batches)",
         )
-        _check(self.deterministic in (True, False, "warn"), "deterministic", "must be true, false or warn")
+        check(self.deterministic in (True, False, "warn"), "deterministic", "must be true, false or warn")
 
 
 @dataclass
@@ -277,13 +278,13 @@ class MlflowConfig:
     register: bool = False  # register the model per experiment; best test accuracy = @champion
 
     def __post_init__(self):
-        _check(
+        check(
             self.serialization_format in ("pt2", "pickle"),
             "mlflow.serialization_format",
             f"must be pt2 or pickle, got {self.serialization_format!r}",
         )
         scheme = self.tracking_uri.split(":", 1)[0] if self.tracking_uri and ":" in self.tracking_uri else None
-        _check(
+        check(
             scheme is None or scheme in TRACKING_SCHEMES,
             "mlflow.tracking_uri",
             f"scheme must be one of {', '.join(TRACKING_SCHEMES)}, got {self.tracking_uri!r}",
@@ -333,13 +334,13 @@ class RootConfig:
         _fraction(self, "label_smoothing")
         _one_of(self, "outputs", ("auto", "canonical", "run"))
         # name becomes a folder under models/, metrics/, plots/: no '', '..', '/' or spaces
-        _check(
+        check(
             bool(NAME_PATTERN.fullmatch(self.name)) and ".." not in self.name,
             "name",
             f"must be a plain name (letters, digits, '.', '_', '-'; starting with a letter or digit), "
             f"got {self.name!r}",
         )
-        _check(0 <= self.seed < 2**32, "seed", f"must be in [0, 2**32), got {self.seed}")
+        check(0 <= self.seed < 2**32, "seed", f"must be in [0, 2**32), got {self.seed}")
 
 
 GROUPS = tuple(SCHEMAS) + tuple(PLAIN_GROUPS)
@@ -348,15 +349,15 @@ CALLBACK_PREFIX = "lightning.pytorch.callbacks."
 
 def _check_callbacks(node: Any) -> None:
     """``callbacks``: name -> a Lightning callback config (or null to drop it); the checkpoint is required."""
-    _check(isinstance(node, DictConfig), "callbacks", "must be a mapping of name: {_target_: ...}; see conf/callbacks/")
+    check(isinstance(node, DictConfig), "callbacks", "must be a mapping of name: {_target_: ...}; see conf/callbacks/")
     for name, spec in node.items():
         target = spec.get("_target_") if isinstance(spec, DictConfig) else None
-        _check(
+        check(
             spec is None or (isinstance(target, str) and target.startswith(CALLBACK_PREFIX)),
             f"callbacks.{name}._target_",
             f"must be a Lightning callback ({CALLBACK_PREFIX}...), got {target!r}",
         )
-    _check(
+    check(
         node.get("model_checkpoint") is not None,
         "callbacks.model_checkpoint",
         "is required: it keeps the best epoch's checkpoint",
@@ -383,7 +384,7 @@ def _schema_for(group: str, node: Any) -> type | None:
         raise ConfigError(f"{group}: missing; choose one of the configs in conf/{group}/")
     target = node.get("_target_") if isinstance(node, DictConfig) else None
     known = SCHEMAS[group]
-    _check(target in known, f"{group}._target_", f"must be one of {', '.join(known)}, got {target!r}")
+    check(target in known, f"{group}._target_", f"must be one of {', '.join(known)}, got {target!r}")
     return known[target]
 
 
@@ -424,7 +425,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     """The checked groups as dataclass objects; raises ConfigError with a one-line message."""
     allowed_top = {f.name for f in fields(RootConfig)} | set(GROUPS) | {"callbacks"}
     unknown = sorted(set(cfg.keys()) - allowed_top)
-    _check(not unknown, str(unknown[0]) if unknown else "", f"unknown key; allowed: {', '.join(sorted(allowed_top))}")
+    check(not unknown, str(unknown[0]) if unknown else "", f"unknown key; allowed: {', '.join(sorted(allowed_top))}")
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as exc:

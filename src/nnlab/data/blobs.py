@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from nnlab.config.paths import replace_dir
 from nnlab.data.idx import DataError, read_bytes
-from nnlab.data.integrity import BLOBS_REPAIR, replace_dir
+from nnlab.data.integrity import BLOBS_REPAIR
 
 REPAIR = BLOBS_REPAIR  # what to run when data/blobs is bad
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from nnlab.config.paths import replace_dir  # noqa: F401  (re-exported for the data writers)
 from nnlab.data.idx import FILES, DataError
 
 # What to run when a prepared folder is corrupted or incomplete.

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from nnlab.config.paths import replace_dir
 from nnlab.data import idx
 from nnlab.data.idx import FILES, OFFICIAL_MD5, DataError
-from nnlab.data.integrity import MNIST_REPAIR, replace_dir
+from nnlab.data.integrity import MNIST_REPAIR
 
 log = logging.getLogger(__name__)
 
