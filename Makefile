@@ -6,7 +6,8 @@ PORT ?= 5000
 STORE := sqlite:///$(CURDIR)/mlflow.db
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install install-dev repro reference test test-slow lint format ui server bench clean
+.PHONY: install install-dev install-team repro reference test test-slow lint format ui server bench clean \
+	services-up services-down services-status serve
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,12 +18,18 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
 	touch $@
 
+# The dev extras include team mode's packages: the tests start the team services.
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,team]'
+	touch $@
+
+$(VENV)/.installed-team: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[team]'
 	touch $@
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
+install-team: $(VENV)/.installed-team
 
 repro: install
 	dvc repro
@@ -51,6 +58,24 @@ ui: install
 
 server: install
 	mlflow server --backend-store-uri $(STORE) --artifacts-destination $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(PORT)
+
+# Team mode (README "Team mode", docs/deploy.md): PostgreSQL, S3 (SeaweedFS), MLflow server.
+services-up: install-team
+	python -m nnlab.team up
+
+services-down: install-team
+	python -m nnlab.team down
+
+services-status: install-team
+	python -m nnlab.team status
+
+# The champion over HTTP, from MLFLOW_TRACKING_URI (source .services/env: the team server),
+# else the embedded store. POST a JSON batch to http://127.0.0.1:$(SERVE_PORT)/invocations.
+SERVE_PORT ?= 5001
+SERVE_MODEL ?= models:/nnlab-mnist_cnn@champion
+serve: install
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(STORE)} mlflow models serve -m $(SERVE_MODEL) \
+		--env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
 
 bench: install
 	python benchmarks/epoch_speed.py --model mlp
