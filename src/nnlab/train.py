@@ -33,13 +33,14 @@ from nnlab.data.idx import DataError
 from nnlab.models.checkpoint import deployable, input_example, saved_run_id
 from nnlab.report import plots
 from nnlab.report.tables import print_summary, write_json
-from nnlab.tracking import record
+from nnlab.tracking import record, search
 from nnlab.tracking.credentials import strip_credentials, strip_override
 from nnlab.tracking.run import TrackingError
 from nnlab.training.evaluation import score_and_write
 from nnlab.training.fit import fitter_for, run_summary
 from nnlab.training.history import EpochHistory, TrainingDiverged
 from nnlab.training.numpy_loop import TARGET
+from nnlab.training.pruning import PruneWhenJudged
 
 PROG = "nnlab.train"
 
@@ -82,12 +83,16 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     if not cfg.resume:
         (out.models / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
     datamodule, history = instantiate(cfg.data), EpochHistory()
-    fitter = fitter_for(cfg, resolved, datamodule, history, out.models)
+    trial = search.job_trial()  # in an Optuna search: report every epoch, stop when pruned
+    pruning = [PruneWhenJudged(trial.monitor, trial.judge)] if trial else []
+    fitter = fitter_for(cfg, resolved, datamodule, history, out.models, pruning)
     (out.models / "model_summary.txt").write_text(fitter.summary_text)
     tags = record.run_tags(cfg, fitter.accelerator, fitter.device) if fitter.is_global_zero else {}
     with record.training_run(cfg, tags, fitter.is_global_zero, resume_id) as run:
         if run:
             fitter.set_run_id(run.run_id)
+            if trial:
+                trial.link_run(run.run_id, out.models.parent)
             history.sinks.append(record.epoch_sink(run))
             if not resume_id:
                 record.record_start(run, resolved, fitter.parameters, out.models / "config.yaml", overrides)
@@ -97,6 +102,10 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
             return {}
         net, checkpoint = fitted
         summary = run_summary(cfg, history, fitter.parameters, time.perf_counter() - started)
+        if trial and trial.pruned_epoch:
+            summary["pruned_epoch"] = trial.pruned_epoch
+            if run:
+                search.record_pruned(run, trial.pruned_epoch)
         test_results = (
             score_and_write(net, datamodule, cfg.name, out.metrics, out.plots) if cfg.test_after_fit else None
         )
@@ -137,6 +146,8 @@ def _task(cfg: DictConfig) -> float | None:
         return None
     except KeyboardInterrupt:
         fail(PROG, "interrupted; the MLflow run is marked KILLED", code=130)
+    if search.in_trial():  # an Optuna search: the trial's metric, or optuna.TrialPruned
+        return search.trial_value(summary)
     return summary.get("best_val_acc")  # what a sweeper optimises
 
 

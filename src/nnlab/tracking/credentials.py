@@ -12,6 +12,9 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 USER_ENV, PASSWORD_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
 URI_KEYS = ("logger.mlflow.tracking_uri",)
+# An Optuna study's database URL: a password given on the command line moves to this variable
+# (the sweeper and its jobs read it there), and the override becomes null.
+STORAGE_KEYS, STORAGE_ENV = ("hydra.sweeper.storage",), "NNLAB_OPTUNA_STORAGE"
 
 
 def strip_credentials(uri: str | None) -> str | None:
@@ -30,9 +33,25 @@ def strip_credentials(uri: str | None) -> str | None:
     return urlunsplit(parts._replace(netloc=host))
 
 
+def redacted(uri: str | None) -> str | None:
+    """``uri`` without its user info, changing nothing else (for tags, reports and messages)."""
+    if not uri or "@" not in uri or "://" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
 def strip_override(override: str) -> str:
-    """A command-line override with any credentials removed from a tracking URI value."""
+    """A command-line override with any credentials removed from a tracking URI value, or from
+    an Optuna storage URL (which then travels in ``NNLAB_OPTUNA_STORAGE``)."""
     key, sep, value = override.partition("=")
     if sep and key.lstrip("+~") in URI_KEYS:
         return f"{key}={strip_credentials(value)}"
+    if sep and key.lstrip("+~") in STORAGE_KEYS:
+        url = value.strip("'\"")
+        if redacted(url) != url:
+            os.environ[STORAGE_ENV] = url
+            return f"{key}=null"
     return override

@@ -19,7 +19,8 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from nnlab.config.paths import find_root
-from nnlab.tracking.run import experiment_id, resolve_tracking_uri
+from nnlab.tracking.run import experiment_id, resolve_tracking_uri, store_lock
+from nnlab.tracking.search import trial_tags
 
 PARENT_ENV = "NNLAB_SWEEP_PARENT_RUN_ID"
 URI_ENV = "NNLAB_SWEEP_TRACKING_URI"
@@ -36,7 +37,7 @@ def sweep_tags() -> dict[str, str]:
     tags = {"mlflow.parentRunId": parent, "sweep_id": parent}
     if HydraConfig.initialized():
         tags["sweep_job"] = str(HydraConfig.get().job.num)
-    return tags
+    return {**tags, **trial_tags()}  # an Optuna search's job: its study and trial number
 
 
 class MlflowSweepCallback(Callback):
@@ -50,8 +51,9 @@ class MlflowSweepCallback(Callback):
             return
         root = find_root()
         uri = resolve_tracking_uri(mlflow_cfg.tracking_uri, root)
-        self.client = MlflowClient(tracking_uri=uri)
-        exp = experiment_id(self.client, mlflow_cfg.experiment_name, root, uri)
+        with store_lock(uri):  # two searches started at once on a new store: one creates it
+            self.client = MlflowClient(tracking_uri=uri)
+            exp = experiment_id(self.client, mlflow_cfg.experiment_name, root, uri)
         overrides = " ".join(config.hydra.overrides.task)
         run = self.client.create_run(
             exp,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import random
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,10 +116,18 @@ class Fitter:
     set_run_id: Callable[[str], None] = lambda run_id: None  # written into every checkpoint
 
 
-def fitter_for(cfg: DictConfig, resolved: dict, datamodule, history: EpochHistory, models_dir: Path) -> Fitter:
+def fitter_for(
+    cfg: DictConfig,
+    resolved: dict,
+    datamodule,
+    history: EpochHistory,
+    models_dir: Path,
+    extra_callbacks: Sequence[L.Callback] = (),
+) -> Fitter:
+    """``extra_callbacks`` join the Lightning trainer's (an Optuna trial's pruning); the NumPy loop takes none."""
     if cfg.model._target_ == numpy_loop.TARGET:
         return _numpy_fitter(cfg, datamodule, history, models_dir)
-    return _lightning_fitter(cfg, resolved, datamodule, history, models_dir)
+    return _lightning_fitter(cfg, resolved, datamodule, history, models_dir, extra_callbacks)
 
 
 def _callbacks(cfg: DictConfig, resolved: dict, history: EpochHistory, models_dir: Path) -> list[L.Callback]:
@@ -135,11 +143,18 @@ def _callbacks(cfg: DictConfig, resolved: dict, history: EpochHistory, models_di
     return callbacks
 
 
-def _lightning_fitter(cfg: DictConfig, resolved: dict, datamodule, history: EpochHistory, models_dir: Path) -> Fitter:
+def _lightning_fitter(
+    cfg: DictConfig,
+    resolved: dict,
+    datamodule,
+    history: EpochHistory,
+    models_dir: Path,
+    extra_callbacks: Sequence[L.Callback] = (),
+) -> Fitter:
     module = build_module(cfg)
     if cfg.trainer.deterministic and torch.cuda.is_available():
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    callbacks = _callbacks(cfg, resolved, history, models_dir)
+    callbacks = [*_callbacks(cfg, resolved, history, models_dir), *extra_callbacks]
     run_state = next(c for c in callbacks if isinstance(c, RunStateInCheckpoint))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False, default_root_dir=cfg.paths.log_dir)
     last = models_dir / "last.ckpt"

@@ -1,0 +1,36 @@
+"""Stopping a training early when a judge says so (an Optuna pruner, in a search).
+
+Optuna's own Lightning callback raises ``TrialPruned`` inside ``Trainer.fit``, which would end
+the run as a failure and skip its results; this one lets Lightning finish the epoch and stop, so
+a pruned trial keeps its best checkpoint, history and MLflow run like any finished training.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import lightning as L
+
+
+class PruneWhenJudged(L.Callback):
+    """After each epoch's validation, ``judge(epoch, value)`` gets the ``monitor`` metric (epochs
+    count from 1); True stops the fit at the end of that epoch. Rank 0 judges, all ranks stop."""
+
+    def __init__(self, monitor: str, judge: Callable[[int, float], bool]):
+        self.monitor, self.judge = monitor, judge
+        self.stopped_epoch: int | None = None
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch + 1
+        value = trainer.callback_metrics.get(self.monitor)
+        stop = False
+        if trainer.is_global_zero and value is not None and math.isfinite(float(value)):
+            stop = bool(self.judge(epoch, float(value)))
+        if trainer.world_size > 1:
+            stop = bool(trainer.strategy.broadcast(stop))
+        if stop:
+            self.stopped_epoch = epoch
+            trainer.should_stop = True

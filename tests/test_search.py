@@ -1,0 +1,335 @@
+"""Optuna searches through Hydra (hydra/sweeper=nnlab_optuna): real studies in SQLite, real
+launchers (basic, joblib, submitit_local), real trainings on the blobs, MLflow read through its
+client. Every search here runs hparams_search=blobs_optuna for 4 epochs a trial."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from hydra_plugins.nnlab_optuna_sweeper._space import search_space
+from nnlab.data import blobs
+from nnlab.tracking.credentials import STORAGE_ENV, redacted, strip_override
+from nnlab.tracking.search import SearchError, build_pruner, build_sampler, check_objective, resolve_storage
+
+from helpers import REPO, venv_env
+
+BASE = ("-m", "hparams_search=blobs_optuna", "trainer=cpu", "trainer.max_epochs=4")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def make_project(root: Path) -> Path:
+    """A project root with the prepared blobs (all a blobs search reads)."""
+    blobs.write(root / "data" / "blobs", blobs.make(500, 3, 2, 42, 0.2))
+    (root / "params.yaml").write_text("{}\n")
+    return root
+
+
+def search(project: Path, *args: str, wait: bool = True):
+    """``python -m nnlab.train -m hparams_search=blobs_optuna ...`` rooted in ``project``."""
+    env = venv_env(NNLAB_ROOT=str(project), MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}")
+    env.pop(STORAGE_ENV, None)  # the default storage: optuna.db at the project root
+    command = [sys.executable, "-m", "nnlab.train", *BASE, *args]
+    if not wait:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def study(project: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{project / 'optuna.db'}")
+
+
+def tracked(project: Path, name: str):
+    """(client, the search's parent runs oldest first, {parent id: its child runs})."""
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("nnlab").experiment_id
+    runs = client.search_runs([exp], filter_string=f"tags.optuna_study = '{name}'")
+    parents = sorted((r for r in runs if r.data.tags.get("sweep") == "parent"), key=lambda r: r.info.start_time)
+    children = {
+        p.info.run_id: [r for r in runs if r.data.tags.get("mlflow.parentRunId") == p.info.run_id] for p in parents
+    }
+    return client, parents, children
+
+
+def trial_numbers(runs) -> list[int]:
+    return sorted(int(r.data.tags["optuna_trial"]) for r in runs)
+
+
+def test_six_trials_on_two_joblib_workers_then_three_more_continue_the_study(tmp_path):
+    project = make_project(tmp_path)
+    first = search(project, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_trials=6")
+    assert first.returncode == 0, first.stderr[-3000:]
+    s = study(project, "blobs_optuna")
+    assert sorted(t.number for t in s.trials) == list(range(6))
+    assert all(t.state in FINISHED for t in s.trials)
+    client, [parent], children = tracked(project, "blobs_optuna")
+    kids = children[parent.info.run_id]
+    assert trial_numbers(kids) == list(range(6))
+    assert all(k.info.status == "FINISHED" for k in kids)
+    completed = [k for k in kids if k.data.tags.get("optuna_state") != "pruned"]
+    best_child = min(completed, key=lambda k: k.data.metrics["best_val_loss"])
+    assert parent.data.metrics["best_value"] == best_child.data.metrics["best_val_loss"] == s.best_value
+    assert parent.data.tags["best_trial_run_id"] == best_child.info.run_id
+    assert parent.data.tags["best_trial"] == best_child.data.tags["optuna_trial"] == str(s.best_trial.number)
+    assert json.loads(parent.data.tags["best_params"]) == s.best_params
+    assert parent.data.tags["optuna_storage"] == f"sqlite:///{project / 'optuna.db'}"
+    assert parent.data.tags["optuna_trials_before"] == "0" and parent.data.tags["optuna_resumed"] == "false"
+    # the report, its plots on the parent run, and the best trial on the terminal
+    assert f"best trial {s.best_trial.number}: val_loss = " in first.stdout
+    report = (project / "reports" / "search" / "blobs_optuna.md").read_text()
+    assert f"Trial {s.best_trial.number}: **val_loss = {s.best_value:.6g}**" in report
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "search")}
+    assert {"search/blobs_optuna.md", "search/history.png", "search/parallel_coordinates.png"} <= logged
+    # each trial in its own folder; two jobs on this machine's cores: torch threads split between them
+    folder = next((project / "logs" / "multirun").rglob(f"trial_{s.best_trial.number}"))
+    assert s.best_trial.user_attrs["run_dir"] == str(folder)
+    job = yaml.safe_load((folder / ".hydra" / "hydra.yaml").read_text())["hydra"]["sweeper"]["job"]
+    assert job["study"] == "blobs_optuna" and job["trial"] == str(s.best_trial.number)
+    assert int(job["threads"]) == max(1, len(os.sched_getaffinity(0)) // 2)
+
+    again = search(project, "hydra.sweeper.n_trials=3")
+    assert again.returncode == 0, again.stderr[-3000:]
+    s = study(project, "blobs_optuna")
+    assert sorted(t.number for t in s.trials) == list(range(9))
+    _, parents, children = tracked(project, "blobs_optuna")
+    assert [p.info.run_id for p in parents][0] == parent.info.run_id and len(parents) == 2
+    newer = parents[1]
+    assert trial_numbers(children[newer.info.run_id]) == [6, 7, 8]
+    assert newer.data.tags["optuna_trials_before"] == "6" and newer.data.tags["optuna_resumed"] == "true"
+    # the best over the whole study, wherever it was found
+    assert newer.data.metrics["best_value"] == s.best_value
+    assert newer.data.tags["best_trial_run_id"] == s.best_trial.user_attrs["mlflow_run_id"]
+    assert {k.split(":", 1)[1] for k in s.user_attrs if k.startswith("mlflow_parent:")} == {
+        p.info.run_id for p in parents
+    }
+
+
+def test_two_independent_processes_share_one_sqlite_study(tmp_path):
+    project = make_project(tmp_path)
+    procs = [search(project, "hydra.sweeper.n_trials=3", "hydra.sweeper.study_name=shared", wait=False) for _ in "ab"]
+    results = [p.communicate(timeout=600) for p in procs]
+    for proc, (_, stderr) in zip(procs, results):
+        assert proc.returncode == 0, stderr[-3000:]
+        assert "database is locked" not in stderr
+    s = study(project, "shared")
+    assert sorted(t.number for t in s.trials) == list(range(6))  # no number used twice
+    assert all(t.state in FINISHED for t in s.trials)
+    _, parents, children = tracked(project, "shared")
+    assert len(parents) == 2
+    assert sorted(n for p in parents for n in trial_numbers(children[p.info.run_id])) == list(range(6))
+    assert all(len(children[p.info.run_id]) == 3 for p in parents)
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """4 trials whose learning rate is -1 (a bad value), 1e-4 (too slow: val_loss above 0.5 at
+    epoch 2, pruned by a threshold pruner) or 0.1 (completes); the seeded random sampler draws
+    1e-4, 1e-4, -1, 0.1."""
+    project = make_project(tmp_path_factory.mktemp("mixed"))
+    run = search(
+        project,
+        "hydra.sweeper.study_name=mixed",
+        "hydra.sweeper.n_trials=4",
+        "hydra/sweeper/sampler=random",
+        "hydra.sweeper.sampler.seed=5",
+        "hydra/sweeper/pruner=threshold",
+        "hydra.sweeper.pruner.upper=0.5",
+        "hydra.sweeper.pruner.n_warmup_steps=2",
+        "optimizer.lr=choice(-1,0.0001,0.1)",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    _, [parent], children = tracked(project, "mixed")
+    kids = {int(k.data.tags["optuna_trial"]): k for k in children[parent.info.run_id]}
+    return project, run, study(project, "mixed"), kids
+
+
+def by_lr(s: optuna.Study, lr: float) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in s.trials if t.params["optimizer.lr"] == lr]
+
+
+def test_a_threshold_pruner_stops_trials_early_and_they_end_pruned_not_failed(mixed):
+    project, run, s, kids = mixed
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    pruned, completed = by_lr(s, 0.0001), by_lr(s, 0.1)
+    assert pruned and completed
+    for trial in pruned:
+        assert trial.state == TrialState.PRUNED and trial.last_step == 2
+        child = kids[trial.number]
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["optuna_state"] == "pruned" and child.data.tags["pruned_at_epoch"] == "2"
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")] == [1, 2]  # of 4
+        train_json = json.loads((Path(trial.user_attrs["run_dir"]) / "metrics" / "train.json").read_text())
+        assert train_json["epochs"] == 2 and train_json["pruned_epoch"] == 2
+    for trial in completed:
+        assert trial.state == TrialState.COMPLETE and trial.last_step == 4
+        assert kids[trial.number].data.metrics["best_val_loss"] == trial.value
+        assert "optuna_state" not in kids[trial.number].data.tags
+    assert "pruned" in run.stdout and f"{len(pruned)} pruned" in run.stdout
+
+
+def test_a_failing_trial_does_not_stop_the_search(mixed):
+    _, run, s, kids = mixed
+    failed = by_lr(s, -1)
+    assert failed and all(t.state == TrialState.FAIL for t in failed)
+    assert len(s.trials) == 4 and all(t.state != TrialState.RUNNING for t in s.trials)
+    assert max(t.number for t in s.trials if t.state != TrialState.FAIL) > min(t.number for t in failed)
+    for trial in failed:
+        child = kids[trial.number]
+        assert child.info.status == "FAILED"
+        assert child.data.tags["error"] == "config: optimizer.lr: must be > 0, got -1.0"
+    lines = [line for line in run.stderr.splitlines() if line.startswith("nnlab.train: error: job ")]
+    assert len(lines) == len(failed) and all(
+        line.endswith("config: optimizer.lr: must be > 0, got -1.0") for line in lines
+    )
+
+
+def test_submitit_local_runs_two_trials_and_tracks_them(tmp_path):
+    project = make_project(tmp_path)
+    run = search(project, "hydra/launcher=submitit_local", "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=sub")
+    assert run.returncode == 0, run.stderr[-3000:]
+    s = study(project, "sub")
+    assert sorted(t.number for t in s.trials) == [0, 1] and all(t.state in FINISHED for t in s.trials)
+    _, [parent], children = tracked(project, "sub")
+    kids = children[parent.info.run_id]
+    assert trial_numbers(kids) == [0, 1] and all(k.info.status == "FINISHED" for k in kids)
+    for trial in s.trials:
+        assert trial.user_attrs["mlflow_run_id"] in {k.info.run_id for k in kids}
+    # the jobs ran as submitit processes, with their own logs
+    assert list((project / "logs" / "multirun").rglob(".submitit/*/*_0_log.out"))
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        (
+            "optimizer.lr=tag(log,interval(0,0.1))",
+            "optimizer.lr=tag(log,interval(0,0.1)): tag(log, interval(0, 0.1)) needs low > 0 (a log scale), got 0",
+        ),
+        ("optimiser.lr=interval(0.01,0.1)", "optimiser.lr: cannot be set (Could not override 'optimiser.lr'."),
+    ],
+)
+def test_a_bad_search_space_stops_with_one_line(tmp_path, argument, message):
+    run = search(make_project(tmp_path), argument, "logger=none")
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1].startswith(f"nnlab.train: error: {message}")
+
+
+def test_the_search_space_reads_hydras_override_grammar():
+    params = {
+        "optimizer.lr": "tag(log, interval(1e-4, 1e-1))",
+        "data.batch_size": "choice(16, 32)",
+        "model.hidden_sizes": "choice([8], [32, 16])",
+        "model.dropout": 0.1,
+        "trainer.max_epochs": "range(2, 11, 4)",
+        "seed": "tag(int, interval(1, 8))",
+    }
+    space, fixed = search_space(params, ["optimizer=choice(adam,sgd)", "data.batch_size=64", "+extra.key=1"])
+    by = {p.name: p for p in space}
+    assert by["optimizer.lr"].distribution == FloatDistribution(1e-4, 0.1, log=True)
+    assert by["model.hidden_sizes"].distribution == CategoricalDistribution(["[8]", "[32,16]"])
+    assert by["model.hidden_sizes"].override("[32,16]") == "model.hidden_sizes=[32,16]"
+    assert by["trainer.max_epochs"].distribution == IntDistribution(2, 10, step=4)  # 2, 6, 10 as a grid would
+    assert by["seed"].distribution == IntDistribution(1, 8)
+    assert by["optimizer"].distribution == CategoricalDistribution(["adam", "sgd"])
+    assert by["optimizer.lr"].override(0.00123) == "optimizer.lr=0.00123"
+    # the command line wins: a fixed value there takes the key out of the search
+    assert "data.batch_size" not in by
+    assert fixed == ["model.dropout=0.1", "data.batch_size=64", "+extra.key=1"]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("interval(1, 1)", "interval(1, 1) needs finite bounds with low < high"),
+        ("tag(foo, interval(0, 1))", "unknown tag 'foo'; allowed: log, int"),
+        ("tag(int, interval(0.5, 2))", "tag(int, interval(0.5, 2)) needs whole-number bounds"),
+        ("tag(log, range(1, 5))", "range(...) has no log scale; use tag(log, interval(low, high))"),
+        ("choice(", "cannot read 'k=choice('"),
+    ],
+)
+def test_a_bad_search_space_entry_is_named_in_one_line(value, message):
+    with pytest.raises(SearchError) as caught:
+        search_space({"k": value}, [])
+    assert str(caught.value).startswith(f"hydra.sweeper.params.k: {message}")
+    assert "\n" not in str(caught.value)
+
+
+def test_bad_sweeper_settings_are_one_line():
+    def error(call, *args) -> str:
+        with pytest.raises(SearchError) as caught:
+            call(*args)
+        return str(caught.value)
+
+    assert (
+        error(check_objective, "val_loss", "maximize")
+        == "hydra.sweeper.direction: val_loss is to minimize, got 'maximize'"
+    )
+    assert (
+        error(check_objective, "acc", "maximize") == "hydra.sweeper.metric: must be one of val_acc, val_loss, got 'acc'"
+    )
+    assert error(build_sampler, "annealing").startswith("hydra.sweeper.sampler: unknown sampler 'annealing'; allowed: ")
+    assert error(build_pruner, {"_target_": "os.system"}).startswith("hydra.sweeper.pruner._target_: must be one of ")
+    assert error(build_pruner, {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": -1}) == (
+        "hydra.sweeper.pruner: MedianPruner: Number of startup trials cannot be negative, but got n_startup_trials=-1."
+    )
+    # null means Optuna's default; a key the chosen pruner does not take is dropped
+    assert isinstance(
+        build_pruner({"_target_": "optuna.pruners.NopPruner", "n_warmup_steps": 2}), optuna.pruners.NopPruner
+    )
+    threshold = build_pruner({"_target_": "optuna.pruners.ThresholdPruner", "upper": 0.5, "n_startup_trials": 3})
+    assert isinstance(threshold, optuna.pruners.ThresholdPruner)
+
+
+def test_the_storage_is_the_config_else_the_environment_else_optuna_db_at_the_root(tmp_path, monkeypatch):
+    monkeypatch.delenv(STORAGE_ENV, raising=False)
+    assert resolve_storage(None, tmp_path) == f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert resolve_storage("sqlite:///studies/x.db", tmp_path) == f"sqlite:///{tmp_path / 'studies' / 'x.db'}"
+    monkeypatch.setenv(STORAGE_ENV, "postgresql://team-db/optuna")
+    assert resolve_storage(None, tmp_path) == "postgresql://team-db/optuna"
+    assert resolve_storage("sqlite:////abs/x.db", tmp_path) == "sqlite:////abs/x.db"
+    for bad in ("sqlite://", "optuna.db"):
+        with pytest.raises(SearchError, match=r"^hydra\.sweeper\.storage: "):
+            resolve_storage(bad, tmp_path)
+
+
+def test_a_storage_password_never_reaches_the_config(monkeypatch):
+    monkeypatch.setenv(STORAGE_ENV, "")  # restored after the test, whatever strip_override sets
+    monkeypatch.delenv(STORAGE_ENV)
+    url = "postgresql://nnlab:s3cret@db.example:5432/optuna"
+    assert strip_override(f"hydra.sweeper.storage={url}") == "hydra.sweeper.storage=null"
+    assert os.environ[STORAGE_ENV] == url
+    assert strip_override("hydra.sweeper.storage=sqlite:///optuna.db") == "hydra.sweeper.storage=sqlite:///optuna.db"
+    assert redacted(url) == "postgresql://db.example:5432/optuna"
+
+
+def test_the_search_configs_and_the_slurm_launcher_compose():
+    from hydra import compose, initialize_config_dir
+
+    from nnlab.config.paths import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        for name in ("mnist_mlp_optuna", "mnist_cnn_optuna", "blobs_optuna"):
+            cfg = compose("train", [f"hparams_search={name}"], return_hydra_config=True)
+            sweeper = cfg.hydra.sweeper
+            assert sweeper.study_name == name and sweeper.sampler.seed == 42
+            assert sweeper.pruner._target_ == "optuna.pruners.MedianPruner"
+            space, _ = search_space(sweeper.params, [])
+            assert {"optimizer.lr", "data.batch_size"} <= {p.name for p in space}
+        cfg = compose(
+            "train", ["hparams_search=mnist_cnn_optuna", "hydra/launcher=slurm", "hydra.launcher.partition=gpu"], True
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.partition, launcher.gpus_per_task, launcher.cpus_per_task, launcher.mem_gb) == ("gpu", 1, 8, 32)
+    assert launcher.timeout_min == 60 and launcher.array_parallelism == 8
