@@ -157,7 +157,7 @@ def ensure_buckets(settings: Settings, *names: str) -> None:
 
 
 def shell(settings: Settings, commands: str, timeout: float = 60) -> str:
-    """``weed shell`` commands (administration: quotas, volumes); their output."""
+    """``weed shell`` commands (administration: quotas, volumes); their output (stdout and stderr)."""
     master, master_grpc, *_, filer, filer_grpc, _ = settings.weed_ports
     done = subprocess.run(
         [weed(), "shell", f"-master={HOST}:{master}.{master_grpc}", f"-filer={HOST}:{filer}.{filer_grpc}"],
@@ -168,14 +168,23 @@ def shell(settings: Settings, commands: str, timeout: float = 60) -> str:
     )
     if done.returncode != 0:
         raise ServiceError(NAME, f"weed shell failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
-    return done.stdout
+    return done.stdout + done.stderr
 
 
-def set_quota(settings: Settings, bucket: str, size_mb: int) -> str:
+def set_quota(settings: Settings, bucket: str, size_mb: int, wait_full: float = 0) -> str:
     """A bucket quota in MB, enforced now: a bucket over its quota turns read-only, and every
     upload to it is refused until objects are deleted and the quota is enforced again.
-    SeaweedFS enforces quotas when this (or an administrator's periodic job) runs."""
-    return shell(settings, f"s3.bucket.quota -name={bucket} -op=set -sizeMB={size_mb}\ns3.bucket.quota.enforce -apply")
+    SeaweedFS enforces quotas when this (or an administrator's periodic job) runs, on the sizes
+    the volume servers last reported (every few seconds): ``wait_full`` seconds to wait until
+    the bucket shows as over its quota. Returns the shell's report."""
+    import time
+
+    deadline = time.monotonic() + wait_full
+    while True:
+        report = shell(settings, f"s3.bucket.quota -name={bucket} -op=set -sizeMB={size_mb}\ns3.bucket.quota.enforce -apply")
+        if "read only" in report or time.monotonic() > deadline:
+            return report
+        time.sleep(1)
 
 
 def stop(settings: Settings) -> bool:

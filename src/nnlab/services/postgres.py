@@ -113,12 +113,12 @@ def connect(settings: Settings, database: str = "postgres", password: str | None
     )
 
 
-def check(settings: Settings, password: str | None = None) -> None:
-    """One query with the password; ServiceError naming what went wrong."""
+def check(settings: Settings, password: str | None = None, database: str = "postgres") -> None:
+    """A login with the password; ServiceError naming what went wrong."""
     import psycopg2
 
     try:
-        conn = connect(settings, password=password)
+        conn = connect(settings, database, password)
         conn.close()
     except psycopg2.Error as exc:
         reason = " ".join(str(exc).split())

@@ -8,6 +8,7 @@ program after a reboot is left alone).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -119,6 +120,7 @@ def wait_until(
     raise ServiceError(service, f"did not answer within {timeout:.0f} s{log_hint(log)}")
 
 
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit): ")
 ERROR_WORDS = ("FATAL", "ERROR", "Error", "error", "Exception", "failed", "refused", "denied")
 
 
@@ -130,6 +132,8 @@ def log_hint(log: Path | None) -> str:
         lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return f" (log: {log})"
-    telling = next((line for line in reversed(lines[-200:]) if any(w in line for w in ERROR_WORDS)), "")
+    recent = lines[-200:]
+    raised = [line for line in recent if EXCEPTION_LINE.match(line)]  # the exception, if one ended it
+    telling = raised[-1] if raised else next((ln for ln in reversed(recent) if any(w in ln for w in ERROR_WORDS)), "")
     telling = telling if len(telling) <= 300 else telling[:297] + "..."
     return f" ({telling}; log: {log})" if telling else f" (log: {log})"

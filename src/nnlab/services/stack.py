@@ -93,11 +93,13 @@ def configure_dvc_remote(project: Path, settings: Settings, remote: str = DVC_RE
     if section not in config:
         config[section] = {}
     config[section].update(
-        url=f"s3://{settings.dvc_bucket}",
-        endpointurl=settings.s3_endpoint,
-        access_key_id=settings.s3_access_key,
-        secret_access_key=settings.s3_secret_key,
-        region="us-east-1",
+        {
+            "url": f"s3://{settings.dvc_bucket}",
+            "endpointurl": settings.s3_endpoint,
+            "access_key_id": settings.s3_access_key,
+            "secret_access_key": settings.s3_secret_key,
+            "region": "us-east-1",
+        }
     )
     config.write()
     path.chmod(0o600)

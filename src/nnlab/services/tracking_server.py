@@ -13,6 +13,7 @@ import os
 import sys
 import urllib.request
 
+from nnlab.services import postgres
 from nnlab.services.process import PidFile, spawn, wait_until
 from nnlab.services.settings import HOST, ServiceError, Settings
 
@@ -74,7 +75,13 @@ def answers(uri: str, timeout: float = 5) -> bool:
 
 
 def launch(settings: Settings, port: int, artifacts_destination: str, log_name: str, pids: PidFile) -> None:
-    """Start a server on ``port`` and wait for it (also used for a second server in tests)."""
+    """Start a server on ``port`` and wait for it (also used for a second server in tests).
+    The database login is tried first: MLflow itself retries a refused one for minutes."""
+    try:
+        postgres.check(settings, database="mlflow")
+    except ServiceError as exc:
+        reason = str(exc).removeprefix(f"{postgres.NAME}: ")
+        raise ServiceError(NAME, f"backend store {settings.database_url('mlflow')}: {reason}") from None
     log = settings.logs / f"{log_name}.log"
     proc = spawn(argv(settings, port, artifacts_destination), log, env=server_env(settings), cwd=settings.dir)
     pids.write(proc.pid)

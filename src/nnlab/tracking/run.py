@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator, Mapping
@@ -15,6 +16,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from nnlab.config.errors import first_line
 from nnlab.config.schema import TRACKING_SCHEMES
 from nnlab.tracking.credentials import strip_credentials
 
@@ -35,6 +37,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     would retry for minutes before failing with a page of traceback."""
     if not uri.startswith(("http://", "https://")):
         return
+    import urllib.error
     import urllib.request
 
     try:
@@ -45,6 +48,39 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             f"tracking server {uri} does not answer ({reason}); start it (make server) "
             "or point MLFLOW_TRACKING_URI / logger.mlflow.tracking_uri elsewhere"
         ) from None
+    try:  # /health answers without the database: one query shows a server whose store is down
+        urllib.request.urlopen(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1", timeout=30)
+    except urllib.error.HTTPError as exc:
+        if exc.code >= 500:
+            raise TrackingError(
+                f"tracking server {uri} answers but fails (HTTP {exc.code}: {server_message(exc.read())}); "
+                "its backend store may be down (make services-status)"
+            ) from None
+    except OSError:
+        pass
+
+
+def server_message(body: bytes | str) -> str:
+    """The ``message`` of an MLflow server's JSON error, else the body's first line."""
+    text = body.decode(errors="replace") if isinstance(body, bytes) else body
+    found = re.search(r'"message":\s*"((?:[^"\\]|\\.)*)"', text)
+    message = found.group(1).encode().decode("unicode_escape", "replace") if found else text
+    return first_line(message)[:400]
+
+
+def store_failure(uri: str, exc: BaseException) -> str:
+    """One line for a tracking store that failed during a run."""
+    text = " ".join(str(exc).split())
+    if "Response body:" in text or '"message"' in text:
+        detail = server_message(text)
+    elif "Caused by ResponseError(" in text:
+        reason = text.split("Caused by ResponseError(", 1)[1].split("'")[1]
+        artifact = re.search(r"/mlflow-artifacts/artifacts/\S*?/artifacts/(\S+?)(?: failed|\s|$)", text)
+        what = f"could not store artifact {artifact.group(1)} in its artifact store" if artifact else "failed"
+        detail = f"the server {what} ({reason}; its log says why)"
+    else:
+        detail = first_line(exc)[:400]
+    return f"tracking store {uri} failed during the run: {detail}"
 
 
 def resolve_tracking_uri(configured: str | None, root: Path) -> str:
@@ -198,8 +234,13 @@ def open_run(
         client.set_terminated(run.run_id, RunStatus.to_string(RunStatus.KILLED))
         raise
     except BaseException as exc:
-        client.set_tag(run.run_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
-        client.set_terminated(run.run_id, RunStatus.to_string(RunStatus.FAILED))
+        try:
+            client.set_tag(run.run_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
+            client.set_terminated(run.run_id, RunStatus.to_string(RunStatus.FAILED))
+        except MlflowException:
+            pass  # the store itself is gone: the next run of this name marks this one KILLED
+        if isinstance(exc, MlflowException):  # a server or store that failed mid-run: one line
+            raise TrackingError(store_failure(uri, exc)) from exc
         raise
     else:
         client.set_terminated(run.run_id, RunStatus.to_string(RunStatus.FINISHED))
