@@ -7,7 +7,7 @@ STORE := sqlite:///$(CURDIR)/mlflow.db
 export PATH := $(BIN):$(PATH)
 
 .PHONY: install install-dev install-team repro reference test test-slow lint format ui server bench clean \
-	services-up services-down services-status serve
+	services-up services-down services-status serve optuna-dashboard
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,15 @@ ui: install
 
 server: install
 	mlflow server --backend-store-uri $(STORE) --artifacts-destination $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(PORT)
+
+# Optuna's dashboard over the search studies (README "Hyperparameter search"), loopback only:
+# $$NNLAB_OPTUNA_STORAGE (a team database), else optuna.db at the root. OPTUNA_PORT=8081 to move it.
+OPTUNA_PORT ?= 8080
+optuna-dashboard: install
+	@storage="$${NNLAB_OPTUNA_STORAGE:-sqlite:///$(CURDIR)/optuna.db}"; \
+	python -c "import sys, optuna; optuna.storages.RDBStorage(sys.argv[1])" "$$storage" && \
+	echo "Optuna dashboard on http://127.0.0.1:$(OPTUNA_PORT)" && \
+	optuna-dashboard "$$storage" --host 127.0.0.1 --port $(OPTUNA_PORT)
 
 # Team mode (README "Team mode", docs/deploy.md): PostgreSQL, S3 (SeaweedFS), MLflow server.
 services-up: install-team

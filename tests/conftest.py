@@ -27,6 +27,7 @@ def project(tmp_path, raw_dir, monkeypatch) -> Path:
     (root / "params.yaml").write_text("{}\n")  # marks the root for find_root()
     monkeypatch.setenv("NNLAB_ROOT", str(root))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")  # short runs get samples too
     return root
 
 

@@ -88,8 +88,16 @@ def test_the_root_is_found_from_any_folder_of_the_project(tmp_path, monkeypatch)
     (tmp_path / "logs" / "multirun" / "0").mkdir(parents=True)
     assert find_root(tmp_path / "reference") == tmp_path
     assert find_root(tmp_path / "logs" / "multirun" / "0") == tmp_path
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "reference"))
-    assert find_root(tmp_path) == tmp_path / "reference"
+    # A temporary DVC experiment runs in a copy whose DVC_ROOT names the parent repository: the
+    # copy's own files are used, and only the embedded MLflow store is the parent's.
+    from nnlab.config.paths import store_root
+
+    copy = tmp_path / ".dvc" / "tmp" / "exps" / "tmp1"
+    (copy / "conf").mkdir(parents=True)
+    (copy / "conf" / "train.yaml").write_text("name: x\n")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert find_root(copy) == copy
+    assert store_root(find_root(copy)) == tmp_path
 
 
 def _readme_commands(module: str) -> list[list[str]]:
@@ -110,3 +118,54 @@ def test_readme_training_examples_compose_and_validate(compose, args):
         a.split("=")[0] + "=" + a.split("=", 1)[1].split(",")[0] for a in args if "=" in a and not a.startswith("hydra")
     ]
     assert overrides and validate(compose(*overrides))
+
+
+SCHEMA_GROUPS = ("data", "model", "optimizer", "scheduler", "trainer", "logger", "paths")
+
+
+def _option_files():
+    return [(group, path) for group in SCHEMA_GROUPS for path in sorted((REPO / "conf" / group).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize(("group", "path"), _option_files(), ids=lambda v: getattr(v, "stem", v))
+def test_every_value_has_one_source_the_yaml(group, path, project):
+    """A value set in a conf/ file is never also a schema default (the two would drift apart);
+    each option composes and validates on its own, so no schema field is left unset."""
+    import dataclasses
+
+    from omegaconf import MISSING
+
+    from nnlab.config.compose import compose_config
+    from nnlab.config.schema import PLAIN_GROUPS, SCHEMAS, validate
+
+    cfg = compose_config([f"{group}={path.stem}", "trainer=cpu" if group != "trainer" else "seed=1"])
+    validate(cfg)
+    written = yaml.safe_load(path.read_text()) or {}
+    node = cfg[group]
+    schema = PLAIN_GROUPS.get(group) or SCHEMAS[group].get(node.get("_target_"))
+    if schema is None:  # scheduler=none: nothing to check
+        return
+    defaults = {f.name: f.default for f in dataclasses.fields(schema)}
+    nested = {k: v for k, v in written.items() if isinstance(v, dict) and k in defaults}
+    for key in set(written) - {"defaults", "_target_", "_partial_"} - set(nested):
+        assert defaults[key] == MISSING, f"{path.name}: {key} is also a default in {schema.__name__}"
+    for key, values in nested.items():  # logger.mlflow
+        inner = next(t for t in dataclasses.fields(schema) if t.name == key).type
+        inner_schema = {"MlflowConfig | None": "MlflowConfig"}.get(str(inner), str(inner))
+        from nnlab.config import schema as module
+
+        inner_defaults = {f.name: f.default for f in dataclasses.fields(getattr(module, inner_schema))}
+        for sub in values:
+            assert inner_defaults[sub] == MISSING, f"{path.name}: {key}.{sub} is also a schema default"
+
+
+def test_train_yaml_is_the_one_source_of_the_root_values():
+    import dataclasses
+
+    from omegaconf import MISSING
+
+    from nnlab.config.schema import RootConfig
+
+    written = yaml.safe_load((REPO / "conf" / "train.yaml").read_text())
+    for f in dataclasses.fields(RootConfig):
+        assert f.name in written and f.default == MISSING, f.name

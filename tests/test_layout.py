@@ -93,3 +93,39 @@ def test_the_check_sees_a_missing_dep():
     """The checker itself: train imports tracking, so deps without it must be caught."""
     files = closure("train")
     assert PACKAGE / "tracking" / "record.py" in files and PACKAGE / "data" / "integrity.py" in files
+
+
+def test_the_committed_lock_matches_the_code_and_params():
+    """dvc.lock holds the hashes of each stage's code, config and params when the pipeline last
+    ran: a commit that changes them without re-running it (`make repro`) is stale, and fails here.
+    Outputs and data absent from a fresh clone (DVC's cache is not in git) are not staleness."""
+    import json
+    import subprocess
+
+    from helpers import venv_env
+
+    status = subprocess.run(
+        ["dvc", "status", "--json", "dvc.yaml"], cwd=REPO, capture_output=True, text=True, env=venv_env(), timeout=120
+    )
+    assert status.returncode == 0, status.stderr
+    generated = ("data/", "models/", "metrics", "plots")  # produced by stages, or absent in a fresh clone
+    stale = []
+    for stage, changes in json.loads(status.stdout or "{}").items():
+        for change in changes:
+            if isinstance(change, str):  # "changed command", ...
+                stale.append(f"{stage}: {change}")
+                continue
+            for path, state in change.get("changed deps", {}).items():
+                if isinstance(state, dict) or (state == "modified" and not path.startswith(generated)):
+                    stale.append(f"{stage}: {path} {state}")
+    assert not stale, "dvc.lock is stale (run `make repro` and commit dvc.lock, metrics/, plots/): " + "; ".join(stale)
+
+
+def test_the_top_level_params_and_plots_name_every_experiment():
+    """dvc.yaml's top-level `params` and comparison `plots` list each experiment of params.yaml."""
+    pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    experiments = set(yaml.safe_load((REPO / "params.yaml").read_text())["experiments"])
+    assert set(pipeline["params"]) == {f"metrics/{e}/params.yaml" for e in experiments}
+    for plot in pipeline["plots"]:
+        ((name, spec),) = plot.items()
+        assert set(spec["y"]) == {f"plots/{e}/history.csv" for e in experiments}, name

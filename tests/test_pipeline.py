@@ -3,6 +3,7 @@
 import json
 import shutil
 import subprocess
+import time
 
 import pytest
 import yaml
@@ -139,3 +140,100 @@ def test_a_bad_prepare_parameter_is_one_line_and_dvc_checkout_brings_the_data_ba
     _run(repo, "dvc", "checkout", "data/blobs")
     assert (repo / "data" / "blobs" / "train.csv").read_bytes() == before
     assert "prepare_blobs" not in _run(repo, "dvc", "status", "prepare_blobs").stdout
+
+
+def _exp_rows(repo) -> dict[str, dict]:
+    """`dvc exp show --json`: experiment name -> {"params": {file: {...}}, "metrics": {file: {...}}}."""
+    rows = {}
+    for commit in json.loads(_run(repo, "dvc", "exp", "show", "--json").stdout):
+        for exp in [commit, *((e["revs"][0]) for e in commit.get("experiments") or [])]:
+            data = exp.get("data") or {}
+            name = exp.get("name") or data.get("meta", {}).get("name") or exp.get("rev")
+            rows[name] = {
+                kind: {path: entry.get("data", {}) for path, entry in (data.get(kind) or {}).items()}
+                for kind in ("params", "metrics")
+            }
+    return rows
+
+
+def test_dvc_exp_run_temp_and_queue_run_in_their_own_copy(repo):
+    """`--temp` and `--queue` run in a copy under .dvc/tmp/exps/ (DVC_ROOT names this repository):
+    each reads its own -S values and writes its own outputs; runs land in this repository's store."""
+    import sqlite3
+
+    repo, _ = repo
+    _run(repo, "git", "add", "-A")
+    _run(repo, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "before experiments")
+    _run(repo, "dvc", "exp", "run", "--temp", "-n", "temp-600", "-S", "blobs.n_samples=600")
+    _run(repo, "dvc", "exp", "run", "--queue", "-n", "queued-400", "-S", "blobs.n_samples=400")
+    _run(repo, "dvc", "exp", "run", "--queue", "-n", "queued-750", "-S", "blobs.n_samples=750")
+    _run(repo, "dvc", "queue", "start", "-j", "2")
+    deadline = time.time() + 600
+    while "Queued" in (status := _run(repo, "dvc", "queue", "status").stdout) or "Running" in status:
+        assert time.time() < deadline, status
+        time.sleep(3)
+    assert status.count("Success") == 2, status
+    rows = _exp_rows(repo)
+    for name, n in (("temp-600", 600), ("queued-400", 400), ("queued-750", 750)):
+        assert rows[name]["params"]["params.yaml"]["blobs"]["n_samples"] == n
+        # 20 % of the samples are the test split: each experiment evaluated its own data
+        assert rows[name]["metrics"]["metrics/blobs_linear/test.json"]["n"] == n // 5
+    assert (repo / "data" / "blobs" / "train.csv").read_text().count("\n") == 401  # workspace untouched
+    with sqlite3.connect(repo / "mlflow.db") as db:
+        tagged = {v for (v,) in db.execute("SELECT value FROM tags WHERE key = 'dvc_exp'")}
+    assert {"temp-600", "queued-400", "queued-750"} <= tagged
+    # the best of them into the workspace, as a user would
+    _run(repo, "dvc", "exp", "apply", "queued-750")
+    assert yaml.safe_load((repo / "params.yaml").read_text())["blobs"]["n_samples"] == 750
+    assert json.loads((repo / "metrics" / "blobs_linear" / "test.json").read_text())["n"] == 150
+    _run(repo, "git", "checkout", "--", ".")
+    _run(repo, "dvc", "checkout", "-q")
+
+
+def test_exp_show_is_numeric_and_shows_the_hyperparameters_used(repo):
+    repo, _ = repo
+    workspace = _exp_rows(repo)["workspace"]
+
+    def numbers_only(value) -> bool:
+        if isinstance(value, dict):
+            return all(numbers_only(v) for v in value.values())
+        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+    assert set(workspace["metrics"]) == {f"metrics/{e}/{f}.json" for e in EXPERIMENTS for f in ("train", "test")}
+    assert all(numbers_only(values) for values in workspace["metrics"].values()), workspace["metrics"]
+    used = workspace["params"]["metrics/mnist_mlp/params.yaml"]
+    assert used["optimizer"]["lr"] > 0 and used["model"]["hidden_sizes"] == [128, 64]
+    assert used["paths"]["data_dir"] == "data"  # relative: the same on every machine
+
+
+def test_params_diff_shows_an_edited_optimizer_file(repo):
+    repo, _ = repo
+    used = yaml.safe_load((repo / "metrics" / "blobs_linear" / "params.yaml").read_text())
+    optimizer = repo / "conf" / "optimizer" / f"{used['optimizer']['_target_'].rsplit('.', 1)[-1].lower()}.yaml"
+    old = used["optimizer"]["lr"]
+    text = optimizer.read_text()
+    assert f"lr: {old}" in text, text
+    optimizer.write_text(text.replace(f"lr: {old}", "lr: 0.0123"))
+    try:
+        _run(repo, "dvc", "repro", "-s", "train@blobs_linear")
+        diff = json.loads(_run(repo, "dvc", "params", "diff", "--json").stdout)
+        assert diff["metrics/blobs_linear/params.yaml"]["optimizer.lr"] == {"old": old, "new": 0.0123}
+    finally:
+        _run(repo, "git", "checkout", "--", ".")
+        _run(repo, "dvc", "checkout", "-q")
+
+
+def test_plots_show_declares_every_plot_with_axes(repo):
+    repo, _ = repo
+    shown = json.loads(_run(repo, "dvc", "plots", "show", "--json").stdout)
+    names = set(shown)
+    assert {"val_acc", "val_loss"} <= names
+    # the comparison charts: one line per experiment
+    for name in ("val_acc", "val_loss"):
+        sources = {d["filename"] for d in shown[name][0]["datapoints"]} if "datapoints" in shown[name][0] else None
+        content = json.dumps(shown[name])
+        assert all(f"plots/{e}/history.csv" in content for e in EXPERIMENTS), (name, sources)
+    for name in names - {"val_acc", "val_loss"}:
+        assert name.endswith((".png", "history.csv", "confusion.csv")) or name.startswith("reports/"), name
+    diff = _run(repo, "dvc", "plots", "diff", "HEAD", "--json").stdout
+    assert "val_acc" in json.loads(diff)

@@ -154,21 +154,17 @@ def new_shapes(root):
 
 @pytest.fixture(scope="module")
 def mlflow_model(root, checkpoint):
-    """(tracking URI, run id): the deployable checkpoint logged with mlflow.pytorch.log_model and
-    registered as "shapes" with the alias "champion"."""
+    """(tracking URI, run id): the checkpoint logged as nnlab's pyfunc model (what training logs)
+    and registered as "shapes" with the alias "champion"."""
+    from nnlab.tracking.served_model import log_classifier
+
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment("predict", artifact_location=(root / "mlartifacts").as_uri())
-    net, cfg = load_network(checkpoint)
     with tracking_uri(uri), mlflow.start_run(experiment_id=experiment) as run:
-        info = mlflow.pytorch.log_model(
-            deployable(net, cfg),
-            name="model",
-            registered_model_name="shapes",
-            input_example=np.zeros((1, 1, 28, 28), np.float32),
-            pip_requirements=["torch"],
-        )
-    client.set_registered_model_alias("shapes", "champion", info.registered_model_version)
+        log_classifier(run.info.run_id, checkpoint, np.zeros((2, 28, 28), np.float32), True, ["torch"])
+        version = mlflow.register_model(f"runs:/{run.info.run_id}/model", "shapes")
+    client.set_registered_model_alias("shapes", "champion", version.version)
     return uri, run.info.run_id
 
 

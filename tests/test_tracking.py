@@ -1,6 +1,8 @@
 """MLflow records checked through MlflowClient: a SQLite store and a real `mlflow server`."""
 
+import getpass
 import hashlib
+import json
 import signal
 import socket
 import subprocess
@@ -147,16 +149,47 @@ def test_a_run_records_everything(compose, project, store, monkeypatch):
     summary_text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/model_summary.txt")
     assert "Total params: 109,386" in summary_text and "(None, 128)" in summary_text
 
+    # MLflow's own columns: User, Source, Version
+    assert tags["mlflow.source.name"] == "nnlab.train" and tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.user"] == getpass.getuser() and tags["mlflow.source.git.commit"] == tags["git_commit"]
+    # params a person compares: no machine paths
+    assert params["data.data_dir"] == "data/mnist" and params["paths.root_dir"] == "."
+    assert not [k for k, v in params.items() if str(project) in v]
+    # system metrics, sampled every 0.5 s here (conftest), from the first step
+    system = {k for k in metrics if k.startswith("system/")}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system
+    assert metrics["system/system_memory_usage_megabytes"] > 0
+    # datasets: training and validation at the start, the test set with the test results
+    inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"mnist-train", "mnist-val", "mnist-test"}
+    contexts = {n: {t.value for t in i.tags if t.key == "mlflow.data.context"} for n, i in inputs.items()}
+    assert contexts == {"mnist-train": {"training"}, "mnist-val": {"validation"}, "mnist-test": {"testing"}}
+    sizes = {n: json.loads(i.dataset.profile)["targets_shape"][0] for n, i in inputs.items()}
+    assert sizes == {"mnist-train": 500, "mnist-val": 100, "mnist-test": 200}
+    assert len({i.dataset.digest for i in inputs.values()}) == 3
+    assert (project / "data" / "mnist").as_uri() in inputs["mnist-train"].dataset.source
+    # the test metrics on the logged model's page, for the test set
+    (output,) = run.outputs.model_outputs
+    linked = {m.key: m for m in client.get_logged_model(output.model_id).metrics}
+    assert linked["test_acc"].value == pytest.approx(summary["test_acc"])
+    assert (linked["test_acc"].dataset_name, linked["test_acc"].dataset_digest) == (
+        "mnist-test",
+        inputs["mnist-test"].dataset.digest,
+    )
+
     mlflow.set_tracking_uri(store)
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-    images = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
-    assert np.asarray(model.predict(images)).shape == (3, 10)
+    images = np.random.default_rng(0).random((3, 28, 28), dtype=np.float32)
+    predicted = model.predict(images)
+    assert np.stack(predicted["logits"]).shape == (3, 10) and list(predicted["label"]) == list(
+        np.stack(predicted["logits"]).argmax(1)
+    )
 
 
 def test_registered_model_champion_is_the_best_test_accuracy(compose, project, tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    registered = ("experiment=mnist_linear", "logger.mlflow.register=true", "logger.mlflow.serialization_format=pickle")
+    registered = ("experiment=mnist_linear", "logger.mlflow.register=true")
     weak = train(compose(*registered, "trainer.max_epochs=1", "optimizer.lr=1e-5"))
     strong = train(compose(*registered, "trainer.max_epochs=3"))
     assert strong["test_acc"] > weak["test_acc"]
@@ -273,7 +306,6 @@ def test_credentials_in_the_tracking_uri_reach_no_file_param_or_artifact(project
         "trainer.max_epochs=1",
         "trainer.enable_progress_bar=false",
         f"logger.mlflow.tracking_uri={uri}",
-        "logger.mlflow.serialization_format=pickle",
         cwd=project,
         NNLAB_ROOT=str(project),
     )

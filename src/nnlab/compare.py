@@ -1,6 +1,6 @@
 """Stage compare: one table of every experiment, beside its published reference figure.
 
-Reads metrics/<name>/{train,test}.json and plots/<name>/history.csv for every experiment in
+Reads metrics/<name>/{train,test}.json, params.yaml and plots/<name>/history.csv for every experiment in
 params.yaml; writes reports/comparison.md, reports/comparison.csv and reports/val_accuracy.png.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from nnlab.config.params import stage_setup
 from nnlab.report import plots
 from nnlab.report.references import REFERENCES, published_accuracy
-from nnlab.report.tables import console, read_history, read_json, write_rows
+from nnlab.report.tables import console, read_history, read_json, read_training, write_rows
 
 COLUMNS = (
     "experiment",
@@ -29,7 +29,7 @@ COLUMNS = (
 
 
 def row_for(name: str, spec: dict, root: Path) -> dict:
-    train = read_json(root / "metrics" / name / "train.json")
+    train = read_training(root / "metrics" / name)
     test = read_json(root / "metrics" / name / "test.json")
     published = published_accuracy(train.get("reference"))
     return {

@@ -1,10 +1,7 @@
-"""Stage evaluate: score an experiment's best checkpoint on the held-out test split.
-
-``python -m nnlab.evaluate experiment=mnist_cnn``. For MNIST that is the official 10,000
-test images; for blobs its validation split. Writes metrics/<name>/test.json, the confusion
-matrix as DVC plot data (plots/<name>/confusion.csv) and as a PNG, and a PNG of predictions;
-logs the same into the MLflow run that trained the checkpoint.
-"""
+"""Stage evaluate: ``python -m nnlab.evaluate experiment=mnist_cnn`` scores the best checkpoint on
+the test split (MNIST's official 10,000 images; blobs' validation split). Writes metrics/<name>/
+test.json, plots/<name>/confusion.csv + .png and predictions.png; logs them into the MLflow run
+that trained the checkpoint."""
 
 from __future__ import annotations
 
@@ -18,7 +15,7 @@ from nnlab.config.compose import hydra_main
 from nnlab.config.errors import fail, first_line
 from nnlab.config.paths import Outputs, register_resolvers
 from nnlab.config.schema import ConfigError, validate
-from nnlab.models.checkpoint import load_network, saved_run_id
+from nnlab.models.checkpoint import load_network
 from nnlab.report.tables import console
 from nnlab.training.evaluation import score_and_write
 
@@ -30,17 +27,15 @@ def evaluate(cfg: DictConfig) -> dict:
     validate(cfg)
     out = Outputs.in_folder(Path(cfg.run_dir)) if cfg.run_dir else Outputs.canonical(cfg.paths, cfg.name)
     net, _ = load_network(out.models / "best.ckpt")
-    run_id = None
-    if cfg.logger.get("mlflow"):
-        from nnlab.tracking.record import evaluation_run_id  # MLflow only when tracking
-
-        run_id = evaluation_run_id(out.models, saved_run_id(out.models / "best.ckpt"))
-    net.to("cuda" if torch.cuda.is_available() else "cpu")
-    metrics, files = score_and_write(net, instantiate(cfg.data), cfg.name, out.metrics, out.plots)
+    record = None
+    if cfg.logger.get("mlflow"):  # MLflow is imported only when tracking
+        from nnlab.tracking import record
+    run_id = record.evaluation_run_id(out.models) if record else None  # before scoring: a stale one stops here
+    datamodule = instantiate(cfg.data)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    metrics, files = score_and_write(net.to(device), datamodule, cfg.name, out.metrics, out.plots)
     if run_id:
-        from nnlab.tracking.record import record_evaluation
-
-        record_evaluation(cfg, run_id, metrics, files)
+        record.record_evaluation(cfg, run_id, datamodule, metrics, files)
     console.print(
         f"[bold]{cfg.name}[/]: test accuracy {metrics['test_acc']:.4f}, loss {metrics['test_loss']:.4f} "
         f"on {metrics['n']} samples -> {out.metrics / 'test.json'}"

@@ -81,14 +81,20 @@ def _from_mlflow(uri: str) -> Predictor:
     with _quiet_mlflow():
         model = mlflow.pyfunc.load_model(uri)
     _check_schema(uri, model.metadata.get_input_schema())
-    return lambda x: np.asarray(model.predict(x), dtype=np.float64)
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        output = model.predict(x[:, 0])  # nnlab's logged model takes (n, height, width) images
+        return np.stack(output["logits"]) if hasattr(output, "columns") else np.asarray(output, dtype=np.float64)
+
+    return predict
 
 
 def _check_schema(uri: str, schema) -> None:
-    """Refuse a logged model whose signature names another input shape (no signature: trust it)."""
+    """Refuse a logged model whose signature takes something other than (n, height, width)
+    images (no signature: trust it)."""
     shape = getattr(schema.inputs[0], "shape", None) if schema is not None and schema.inputs else None
-    if shape is not None and tuple(shape[1:]) != INPUT_SHAPE:
-        raise ModelError(f"{uri} takes inputs of shape {list(shape)}, not [n, 1, 28, 28] images")
+    if shape is not None and (len(shape) != 3 or any(s not in (-1, 28) for s in shape[1:])):
+        raise ModelError(f"{uri} takes inputs of shape {list(shape)}, not [n, height, width] images")
 
 
 def load_model(spec: str) -> Predictor:

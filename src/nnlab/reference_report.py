@@ -12,7 +12,7 @@ from pathlib import Path
 from nnlab.config.params import stage_setup
 from nnlab.report import plots
 from nnlab.report.references import PUBLISHED_LOSSES, REFERENCES, published_accuracy
-from nnlab.report.tables import console, read_history, read_json, write_rows
+from nnlab.report.tables import console, read_history, read_json, read_training, write_rows
 
 COLUMNS = (
     "experiment",
@@ -33,7 +33,7 @@ def _runs(root: Path, experiment: str, seeds: list[int]) -> list[dict]:
         folder = root / "reference" / "metrics" / f"{experiment}-s{seed}"
         runs.append(
             {
-                **read_json(folder / "train.json"),
+                **read_training(folder),
                 **read_json(folder / "test.json"),
                 "history": read_history(root / "reference" / "plots" / f"{experiment}-s{seed}" / "history.csv"),
             }

@@ -25,14 +25,15 @@ from nnlab.config.paths import (
     canonical_outputs,
     move_into_place,
     new_run_folder,
+    portable,
     register_resolvers,
     unfinished_run,
 )
 from nnlab.config.schema import ConfigError, check, validate
 from nnlab.data.idx import DataError
-from nnlab.models.checkpoint import deployable, input_example, saved_run_id
+from nnlab.models.checkpoint import saved_run_id
 from nnlab.report import plots
-from nnlab.report.tables import print_summary, write_json
+from nnlab.report.tables import print_summary, write_json, write_yaml
 from nnlab.tracking import record, search
 from nnlab.tracking.credentials import strip_credentials, strip_override
 from nnlab.tracking.run import TrackingError
@@ -82,6 +83,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if not cfg.resume:
         (out.models / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    # The values this run used, for `dvc params diff` / `dvc exp show` (dvc.yaml's top-level params).
+    write_yaml(out.metrics / "params.yaml", portable(resolved, Path(cfg.paths.root_dir)))
     datamodule, history = instantiate(cfg.data), EpochHistory()
     trial = search.job_trial()  # in an Optuna search: report every epoch, stop when pruned
     pruning = [PruneWhenJudged(trial.monitor, trial.judge)] if trial else []
@@ -96,6 +99,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
             history.sinks.append(record.epoch_sink(run))
             if not resume_id:
                 record.record_start(run, resolved, fitter.parameters, out.models / "config.yaml", overrides)
+                datamodule.setup("fit")
+                record.log_datasets(run, cfg, datamodule, ("train", "val"))
         started = time.perf_counter()
         fitted = fitter.fit()
         if fitted is None:
@@ -115,8 +120,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         plots.run_curves(history.rows, out.plots / "curves.png", cfg.name)
         write_json(out.metrics / "train.json", summary)
         if run:
-            model = deployable(net, cfg) if fitter.loggable else None
-            record.record_results(run, cfg, out, model, checkpoint, input_example(cfg, datamodule), test_results)
+            record.record_results(run, cfg, out, fitter.loggable, checkpoint, datamodule, test_results)
     (out.models / "last.ckpt").unlink(missing_ok=True)  # finished: nothing left to resume
     if final:
         move_into_place(out, final)
@@ -128,7 +132,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         "history": out.plots / "history.csv",
         "mlflow run": run.run_id if run else "(not tracked)",
     }
-    print_summary(summary, places)
+    print_summary(cfg.name, summary, places)
     return summary
 
 

@@ -17,18 +17,42 @@ def _is_root(folder: Path) -> bool:
 
 
 def find_root(start: str | Path | None = None) -> Path:
-    """``NNLAB_ROOT``, else ``DVC_ROOT``, else the nearest folder above ``start`` that holds the
-    project (a ``.dvc/`` or ``conf/train.yaml``; reference/ has a dvc.yaml but is not the root),
-    else the nearest with a params.yaml, else ``start``."""
-    for var in ("NNLAB_ROOT", "DVC_ROOT"):
-        if os.environ.get(var):
-            return Path(os.environ[var]).resolve()
+    """``NNLAB_ROOT``, else the nearest folder above ``start`` (the working directory) that holds
+    the project (a ``.dvc/`` or ``conf/train.yaml``; reference/ has a dvc.yaml but is not the
+    root), else the nearest with a params.yaml, else ``start``.
+
+    Not ``DVC_ROOT``: ``dvc exp run --temp`` and queued experiments run in a copy of the
+    repository under .dvc/tmp/exps/ while ``DVC_ROOT`` names the parent; params, data and
+    outputs must be the copy's (see ``store_root`` for what is shared)."""
+    if os.environ.get("NNLAB_ROOT"):
+        return Path(os.environ["NNLAB_ROOT"]).resolve()
     here = Path(start or os.getcwd()).resolve()
     folders = (here, *here.parents)
     for folder in folders:
         if _is_root(folder):
             return folder
     return next((f for f in folders if (f / "params.yaml").is_file()), here)
+
+
+def store_root(root: Path) -> Path:
+    """Where the embedded MLflow store lives: the parent repository of a temporary or queued
+    DVC experiment (``DVC_ROOT``), so its runs join everyone else's; else ``root``."""
+    parent = os.environ.get("DVC_ROOT")
+    return Path(parent).resolve() if parent and not os.environ.get("NNLAB_ROOT") else Path(root)
+
+
+def portable(tree, root: Path):
+    """``tree`` with every absolute path inside ``root`` written relative to it: what a run's
+    params show, so the same run on two machines has the same params."""
+    if isinstance(tree, dict):
+        return {k: portable(v, root) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [portable(v, root) for v in tree]
+    if isinstance(tree, str) and os.path.isabs(tree):
+        path = Path(tree)
+        if path == Path(root) or Path(root) in path.parents:
+            return path.relative_to(root).as_posix() or "."
+    return tree
 
 
 def register_resolvers() -> None:

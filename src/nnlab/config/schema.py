@@ -3,6 +3,9 @@
 Hydra composes plain YAML; ``validate(cfg)`` then checks each group against the schema of
 its ``_target_`` (unknown keys, wrong types) and each schema's ``__post_init__`` checks the
 values. Every failure is a ``ConfigError`` whose message is one line naming the key.
+
+The YAML files in conf/ are the one source of every value: a schema field is ``MISSING`` (it
+must come from the config) unless no config file sets it (tests/test_config.py checks both).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import re
 from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from typing import Any, get_args, get_type_hints
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from nnlab.models.networks import ACTIVATIONS
@@ -60,15 +63,15 @@ def _fraction(obj: Any, *names: str, upper_open: bool = True) -> None:
 @dataclass
 class MNISTData:
     _target_: str = "nnlab.data.modules.MNISTDataModule"
-    data_dir: str = "data/mnist"
-    input_shape: list[int] = field(default_factory=lambda: [1, 28, 28])
-    num_classes: int = 10
-    batch_size: int = 64
-    eval_batch_size: int = 1000
-    seed: int = 0
-    mean: float = 0.1307
-    std: float = 0.3081
-    shift: int = 0  # augmentation: random shifts of up to this many pixels
+    data_dir: str = MISSING
+    input_shape: list[int] = MISSING
+    num_classes: int = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    seed: int = MISSING
+    mean: float = MISSING
+    std: float = MISSING
+    shift: int = MISSING  # augmentation: random shifts of up to this many pixels
 
     def __post_init__(self):
         _positive(self, "batch_size", "eval_batch_size", "num_classes", "std")
@@ -78,12 +81,12 @@ class MNISTData:
 @dataclass
 class BlobsData:
     _target_: str = "nnlab.data.modules.BlobsDataModule"
-    data_dir: str = "data/blobs"
-    input_shape: list[int] = field(default_factory=lambda: [2])
-    num_classes: int = 3
-    batch_size: int = 32
-    eval_batch_size: int = 1000
-    seed: int = 0
+    data_dir: str = MISSING
+    input_shape: list[int] = MISSING
+    num_classes: int = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    seed: int = MISSING
 
     def __post_init__(self):
         _positive(self, "batch_size", "eval_batch_size", "num_classes")
@@ -93,8 +96,8 @@ class BlobsData:
 @dataclass
 class LinearModel:
     _target_: str = "nnlab.models.networks.LinearClassifier"
-    input_shape: list[int] = field(default_factory=lambda: [1, 28, 28])
-    num_classes: int = 10
+    input_shape: list[int] = MISSING
+    num_classes: int = MISSING
 
     def __post_init__(self):
         _positive(self, "num_classes")
@@ -104,9 +107,9 @@ class LinearModel:
 @dataclass
 class MLPModel(LinearModel):
     _target_: str = "nnlab.models.networks.MLP"
-    hidden_sizes: list[int] = field(default_factory=lambda: [128, 64])
-    activation: str = "relu"
-    dropout: float = 0.0
+    hidden_sizes: list[int] = MISSING
+    activation: str = MISSING
+    dropout: float = MISSING
 
     def __post_init__(self):
         super().__post_init__()
@@ -119,11 +122,11 @@ class MLPModel(LinearModel):
 @dataclass
 class CNNModel(LinearModel):
     _target_: str = "nnlab.models.networks.CNN"
-    channels: list[int] = field(default_factory=lambda: [32, 64])
-    kernel_size: int = 3
-    hidden_size: int = 128
-    conv_dropout: float = 0.25
-    dropout: float = 0.5
+    channels: list[int] = MISSING
+    kernel_size: int = MISSING
+    hidden_size: int = MISSING
+    conv_dropout: float = MISSING
+    dropout: float = MISSING
 
     def __post_init__(self):
         super().__post_init__()
@@ -139,9 +142,9 @@ class NumpyMLPModel(LinearModel):
     """Reference E4: sigmoid MLP in NumPy, trained with plain SGD (optimizer.lr, data.batch_size)."""
 
     _target_: str = "nnlab.models.numpy_mlp.NumpyMLP"
-    init: str = "xavier"
-    hidden_sizes: list[int] = field(default_factory=lambda: [128, 64])
-    seed: int = 0
+    init: str = MISSING
+    hidden_sizes: list[int] = MISSING
+    seed: int = MISSING
 
     def __post_init__(self):
         super().__post_init__()
@@ -154,10 +157,10 @@ class NumpyMLPModel(LinearModel):
 class SGDOptimizer:
     _target_: str = "torch.optim.SGD"
     _partial_: bool = True
-    lr: float = 0.1
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    nesterov: bool = False
+    lr: float = MISSING
+    momentum: float = MISSING
+    weight_decay: float = MISSING
+    nesterov: bool = MISSING
 
     def __post_init__(self):
         _positive(self, "lr")
@@ -169,10 +172,10 @@ class SGDOptimizer:
 class AdamOptimizer:
     _target_: str = "torch.optim.Adam"
     _partial_: bool = True
-    lr: float = 1e-3
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    weight_decay: float = 0.0
+    lr: float = MISSING
+    betas: list[float] = MISSING
+    eps: float = MISSING
+    weight_decay: float = MISSING
 
     def __post_init__(self):
         _positive(self, "lr", "eps")
@@ -183,18 +186,18 @@ class AdamOptimizer:
 @dataclass
 class AdamWOptimizer(AdamOptimizer):
     _target_: str = "torch.optim.AdamW"
-    weight_decay: float = 0.01
+    weight_decay: float = MISSING
 
 
 @dataclass
 class RMSpropOptimizer:
     _target_: str = "torch.optim.RMSprop"
     _partial_: bool = True
-    lr: float = 1e-3
-    alpha: float = 0.9
-    eps: float = 1e-7
-    momentum: float = 0.0
-    weight_decay: float = 0.0
+    lr: float = MISSING
+    alpha: float = MISSING
+    eps: float = MISSING
+    momentum: float = MISSING
+    weight_decay: float = MISSING
 
     def __post_init__(self):
         _positive(self, "lr", "eps")
@@ -207,12 +210,12 @@ class RMSpropOptimizer:
 class OneCycleScheduler:
     _target_: str = "torch.optim.lr_scheduler.OneCycleLR"
     _partial_: bool = True
-    max_lr: float = 1e-2
-    total_steps: int | None = None  # None: the run's real number of steps
-    pct_start: float = 0.25
-    anneal_strategy: str = "cos"
-    div_factor: float = 25.0
-    final_div_factor: float = 1e4
+    max_lr: float = MISSING
+    total_steps: int | None = MISSING  # None: the run's real number of steps
+    pct_start: float = MISSING
+    anneal_strategy: str = MISSING
+    div_factor: float = MISSING
+    final_div_factor: float = MISSING
 
     def __post_init__(self):
         _positive(self, "max_lr", "total_steps", "div_factor", "final_div_factor")
@@ -224,8 +227,8 @@ class OneCycleScheduler:
 class CosineScheduler:
     _target_: str = "torch.optim.lr_scheduler.CosineAnnealingLR"
     _partial_: bool = True
-    T_max: int | None = None  # None: the run's real number of steps
-    eta_min: float = 0.0
+    T_max: int | None = MISSING  # None: the run's real number of steps
+    eta_min: float = MISSING
 
     def __post_init__(self):
         _positive(self, "T_max")
@@ -236,20 +239,20 @@ class CosineScheduler:
 @dataclass
 class TrainerConfig:
     _target_: str = "lightning.Trainer"
-    accelerator: str = "auto"
-    devices: Any = "auto"
-    strategy: Any = "auto"
-    num_nodes: int = 1
-    precision: Any = "32-true"
-    max_epochs: int = 5
-    deterministic: Any = True
-    gradient_clip_val: float | None = None
-    limit_train_batches: Any = None  # a fraction (0.05) or a number of batches (20)
-    limit_val_batches: Any = None
-    num_sanity_val_steps: int = 0
-    enable_progress_bar: bool = True
-    enable_model_summary: bool = False
-    log_every_n_steps: int = 50
+    accelerator: str = MISSING
+    devices: Any = MISSING
+    strategy: Any = MISSING
+    num_nodes: int = MISSING
+    precision: Any = MISSING
+    max_epochs: int = MISSING
+    deterministic: Any = MISSING
+    gradient_clip_val: float | None = MISSING
+    limit_train_batches: Any = MISSING  # a fraction (0.05) or a number of batches (20)
+    limit_val_batches: Any = MISSING
+    num_sanity_val_steps: int = MISSING
+    enable_progress_bar: bool = MISSING
+    enable_model_summary: bool = MISSING
+    log_every_n_steps: int = MISSING
 
     def __post_init__(self):
         _one_of(self, "accelerator", ACCELERATORS)
@@ -271,17 +274,17 @@ class TrainerConfig:
 
 @dataclass
 class MlflowConfig:
-    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else sqlite at the repository root
-    experiment_name: str = "nnlab"
-    log_model: bool = True  # mlflow.pytorch.log_model, loadable with mlflow.pyfunc.load_model
-    serialization_format: str = "pt2"  # pt2 (torch.export) | pickle (faster to write)
-    register: bool = False  # register the model per experiment; best test accuracy = @champion
+    tracking_uri: str | None = MISSING  # None: MLFLOW_TRACKING_URI, else sqlite at the repository root
+    experiment_name: str = MISSING
+    log_model: bool = MISSING  # a pyfunc model (tracking.served_model): images of any size in, labels out
+    register: bool = MISSING  # register the model per experiment; best test accuracy = @champion
+    system_metrics_interval: float | None = MISSING  # seconds between CPU/memory/GPU samples; null: off
 
     def __post_init__(self):
         check(
-            self.serialization_format in ("pt2", "pickle"),
-            "mlflow.serialization_format",
-            f"must be pt2 or pickle, got {self.serialization_format!r}",
+            self.system_metrics_interval is None or self.system_metrics_interval > 0,
+            "mlflow.system_metrics_interval",
+            f"must be > 0 seconds or null, got {self.system_metrics_interval!r}",
         )
         scheme = self.tracking_uri.split(":", 1)[0] if self.tracking_uri and ":" in self.tracking_uri else None
         check(
@@ -291,22 +294,33 @@ class MlflowConfig:
         )
 
 
+# Lightning loggers that may run beside nnlab's own MLflow record (conf/logger/lightning/).
+LIGHTNING_LOGGERS = (
+    "lightning.pytorch.loggers.CSVLogger",
+    "lightning.pytorch.loggers.TensorBoardLogger",
+    "dvclive.lightning.DVCLiveLogger",
+)
+
+
 @dataclass
 class LoggerConfig:
-    mlflow: MlflowConfig | None = None
+    mlflow: MlflowConfig | None = MISSING
+    lightning: dict[str, Any] = field(default_factory=dict)  # name -> {_target_: one of LIGHTNING_LOGGERS}
+
+    def __post_init__(self):
+        for name, spec in self.lightning.items():
+            target = spec.get("_target_") if isinstance(spec, dict) else None
+            check(
+                target in LIGHTNING_LOGGERS,
+                f"lightning.{name}._target_",
+                f"must be one of {', '.join(LIGHTNING_LOGGERS)} (MLflow is recorded by nnlab itself: "
+                f"a second MLflow logger would duplicate the run), got {target!r}",
+            )
 
 
-# The project's folders; conf/paths/*.yaml make them absolute from ``${nnlab_root:}``.
-FOLDERS = {
-    "root_dir": ".",
-    "data_dir": "data",
-    "models_dir": "models",
-    "metrics_dir": "metrics",
-    "plots_dir": "plots",
-    "reports_dir": "reports",
-    "log_dir": "logs",
-}
-PathsConfig = make_dataclass("PathsConfig", [(key, str, field(default=value)) for key, value in FOLDERS.items()])
+# The project's folders; conf/paths/*.yaml say where they are (absolute, from ``${nnlab_root:}``).
+FOLDERS = ("root_dir", "data_dir", "models_dir", "metrics_dir", "plots_dir", "reports_dir", "log_dir")
+PathsConfig = make_dataclass("PathsConfig", [(key, str, field(default=MISSING)) for key in FOLDERS])
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
@@ -321,14 +335,14 @@ PLAIN_GROUPS = {"logger": LoggerConfig, "paths": PathsConfig}
 
 @dataclass
 class RootConfig:
-    name: str = "default"
-    seed: int = 42
-    label_smoothing: float = 0.0
-    test_after_fit: bool = True
-    reference: str | None = None
-    outputs: str = "auto"  # auto: canonical inside a DVC stage, else the run's own folder
-    resume: bool = False  # continue the last unfinished run of this name from its last.ckpt
-    run_dir: str | None = None  # evaluate: a run folder (logs/runs/<name>/<time>) instead of the canonical outputs
+    name: str = MISSING
+    seed: int = MISSING
+    label_smoothing: float = MISSING
+    test_after_fit: bool = MISSING
+    reference: str | None = MISSING
+    outputs: str = MISSING  # auto: canonical inside a DVC stage, else the run's own folder
+    resume: bool = MISSING  # continue the last unfinished run of this name from its last.ckpt
+    run_dir: str | None = MISSING  # evaluate: a run folder (logs/runs/<name>/<time>) instead of the canonical outputs
 
     def __post_init__(self):
         _fraction(self, "label_smoothing")

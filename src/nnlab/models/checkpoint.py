@@ -61,6 +61,15 @@ def load_network(path: str | Path) -> tuple[nn.Module, DictConfig]:
     return net.eval(), cfg
 
 
+def network_only(checkpoint: str | Path, target: Path) -> Path:
+    """A copy of ``checkpoint`` with only what ``load_network`` reads (config and network weights):
+    what a deployed model needs, without optimizer state or the training's run id."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    weights = {k: v for k, v in state["state_dict"].items() if k.startswith("net.")}
+    torch.save({CONFIG_KEY: state[CONFIG_KEY], "state_dict": weights}, target)
+    return target
+
+
 class Standardize(nn.Module):
     """(x - mean) / std as the first layer, so a deployed model takes raw [0, 1] pixels."""
 
@@ -82,8 +91,8 @@ def deployable(net: nn.Module, cfg: DictConfig) -> nn.Module:
 
 
 def input_example(cfg: DictConfig, datamodule) -> np.ndarray:
-    """Two test inputs as the deployable model takes them (MNIST: pixels in [0, 1])."""
+    """Two test inputs as a user gives them: MNIST (2, 28, 28) pixels in [0, 1]; blobs (2, 2)."""
     x = datamodule.splits["test"][0][:2]
     if "mean" in cfg.data:
-        x = x * cfg.data.std + cfg.data.mean
+        x = (x * cfg.data.std + cfg.data.mean)[:, 0]
     return x.numpy().astype(np.float32)

@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -22,14 +23,28 @@ def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+def write_yaml(path: Path, data: dict) -> None:
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def read_training(metrics_dir: Path) -> dict:
+    """A training's train.json with its run's ``reference`` id from params.yaml beside it
+    (results written before params.yaml existed carry it inside train.json)."""
+    train = read_json(Path(metrics_dir) / "train.json")
+    params = Path(metrics_dir) / "params.yaml"
+    if params.is_file():
+        train["reference"] = (yaml.safe_load(params.read_text()) or {}).get("reference")
+    return train
+
+
 def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.4f}" if value < 10 else f"{value:.1f}"
     return str(value)
 
 
-def print_summary(summary: dict, places: dict) -> None:
-    table = Table(title=f"nnlab: {summary.get('name')}", show_header=False, title_justify="left")
+def print_summary(name: str, summary: dict, places: dict) -> None:
+    table = Table(title=f"nnlab: {name}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
     for key in (

@@ -3,20 +3,20 @@ files they wrote, the fitted network); this module decides tags, params, metrics
 
 from __future__ import annotations
 
+import getpass
 import os
 import subprocess
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 from omegaconf import DictConfig
-from torch import nn
 
-from nnlab.config.paths import Outputs
+from nnlab.config.paths import Outputs, portable
 from nnlab.data.integrity import data_hash
 from nnlab.report.tables import read_json, write_json
-from nnlab.tracking.run import Run, existing_run, flatten, open_run, process_tags
+from nnlab.tracking.run import Run, existing_run, flatten, open_run, process_tags, system_metrics
 from nnlab.tracking.sweep import sweep_tags
 
 
@@ -35,10 +35,23 @@ def git_tags(root: Path) -> dict:
     return {"git_commit": commit, "git_dirty": str(bool(git("status", "--porcelain", "--untracked-files=no")))}
 
 
+def run_tags_data(cfg: DictConfig) -> str:
+    """mnist or blobs: the data module's name."""
+    return cfg.data._target_.rsplit(".", 1)[-1].removesuffix("DataModule").lower()
+
+
+def source_tags(commit: str | None) -> dict:
+    """MLflow's own source tags, which fill the UI's User, Source and Version columns."""
+    tags = {"mlflow.source.name": "nnlab.train", "mlflow.source.type": "LOCAL", "mlflow.user": getpass.getuser()}
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
 def run_tags(cfg: DictConfig, accelerator: str, device: str) -> dict:
     tags = {
         "experiment": cfg.name,
-        "data": cfg.data._target_.rsplit(".", 1)[-1].removesuffix("DataModule").lower(),
+        "data": run_tags_data(cfg),
         "model": cfg.model._target_.rsplit(".", 1)[-1],
         "data_md5": data_hash(Path(cfg.data.data_dir)),
         "accelerator": accelerator,
@@ -46,6 +59,7 @@ def run_tags(cfg: DictConfig, accelerator: str, device: str) -> dict:
         **git_tags(Path(cfg.paths.root_dir)),
         **sweep_tags(),
     }
+    tags.update(source_tags(tags.get("git_commit")))
     for var, tag in (("DVC_STAGE", "dvc_stage"), ("DVC_EXP_NAME", "dvc_exp")):
         if os.environ.get(var):
             tags[tag] = os.environ[var]
@@ -64,14 +78,17 @@ def training_run(
         return
     if resume_id:
         tags = {**tags, "resumed": "true"}
-    with open_run(
-        mlflow_cfg.experiment_name,
-        cfg.name,
-        Path(cfg.paths.root_dir),
-        mlflow_cfg.tracking_uri,
-        tags={**tags, **process_tags()},
-        resume_id=resume_id,
-    ) as run:
+    with (
+        open_run(
+            mlflow_cfg.experiment_name,
+            cfg.name,
+            Path(cfg.paths.root_dir),
+            mlflow_cfg.tracking_uri,
+            tags={**tags, **process_tags()},
+            resume_id=resume_id,
+        ) as run,
+        system_metrics(run, mlflow_cfg.system_metrics_interval, resumed=bool(resume_id)),
+    ):
         yield run
 
 
@@ -94,10 +111,37 @@ def record_failed_job(cfg: DictConfig, message: str) -> None:
 
 
 def record_start(run: Run, resolved: dict, parameters: int, config_file: Path, overrides: list[str]) -> None:
-    """The run's params, config and overrides."""
-    run.log_params({**flatten(resolved), "parameters": parameters})
+    """The run's params (paths relative to the project, so two machines' runs compare equal),
+    config and overrides."""
+    params = portable(resolved, Path(resolved["paths"]["root_dir"]))
+    run.log_params({**flatten(params), "parameters": parameters})
     run.log_artifact(config_file)
     run.log_text("\n".join(overrides) + "\n", "overrides.txt")
+
+
+SPLIT_CONTEXT = {"train": "training", "val": "validation", "test": "testing"}
+
+
+def log_datasets(run: Run, cfg: DictConfig, datamodule, splits: tuple[str, ...]) -> dict[str, tuple[str, str]]:
+    """The data sets as MLflow inputs (name, digest, source, schema: the UI's Dataset column);
+    returns {split: (name, digest)} for metrics linked to them."""
+    import mlflow.data
+    from mlflow.entities import DatasetInput, InputTag
+
+    data = str(run_tags_data(cfg))
+    inputs, found = [], {}
+    for split in splits:
+        x, y = datamodule.splits[split]
+        with warnings.catch_warnings():  # "source can be interpreted in multiple ways": it is a local folder
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_numpy(
+                x.numpy(), targets=y.numpy(), source=Path(cfg.data.data_dir).resolve().as_uri(), name=f"{data}-{split}"
+            )
+        found[split] = (dataset.name, dataset.digest)
+        tag = InputTag(key="mlflow.data.context", value=SPLIT_CONTEXT[split])
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[tag]))
+    run.client.log_inputs(run.run_id, datasets=inputs)
+    return found
 
 
 def epoch_sink(run: Run) -> Callable[[dict], None]:
@@ -113,9 +157,15 @@ def epoch_sink(run: Run) -> Callable[[dict], None]:
     return sink
 
 
-def log_test_results(run: Run, metrics: dict, files: list[Path]) -> None:
+def log_test_results(run: Run, metrics: dict, files: list[Path], dataset: tuple[str, str] | None) -> None:
+    """Test metrics in the run and, when it logged a model, on that model's page for the test set."""
     per_class = {f"test_acc_class_{c}": v for c, v in metrics["per_class_accuracy"].items()}
     run.log_metrics({"test_loss": metrics["test_loss"], "test_acc": metrics["test_acc"], **per_class})
+    model_id = run.model_id()
+    if model_id:
+        name, digest = dataset or (None, None)
+        link = {"model_id": model_id, "dataset_name": name, "dataset_digest": digest}
+        run.log_metrics({"test_loss": metrics["test_loss"], "test_acc": metrics["test_acc"]}, **link)
     for path in files:
         run.log_artifact(path, "evaluation")
 
@@ -124,13 +174,15 @@ def record_results(
     run: Run,
     cfg: DictConfig,
     out: Outputs,
-    model: nn.Module | None,
+    loggable: bool,
     checkpoint: Path,
-    input_example: np.ndarray,
+    datamodule,
     test_results: tuple[dict, list[Path]] | None,
 ) -> dict:
-    """Summary metrics, the run's files, the test results and the logged (and registered) model.
-    ``model`` is the deployable network, or None when it cannot be logged. Writes models/<name>/run.json."""
+    """Summary metrics, the run's files, the logged (and registered) model and the test results
+    linked to it. ``loggable``: whether the network can be logged as a model. Writes models/<name>/run.json."""
+    from nnlab.models.checkpoint import input_example
+
     mlflow_cfg = cfg.logger.mlflow
     summary = read_json(out.metrics / "train.json")
     run.log_metrics({k: summary[k] for k in ("best_val_acc", "best_val_loss", "train_seconds")})
@@ -142,20 +194,24 @@ def record_results(
     ):
         run.log_artifact(path)
     run.log_artifact(checkpoint, "checkpoint")
-    if test_results:
-        log_test_results(run, *test_results)
     record = {"mlflow_run_id": run.run_id}
-    if mlflow_cfg.log_model and model is not None:
-        record["model_uri"] = run.log_model(model, input_example, mlflow_cfg.serialization_format)
-        if mlflow_cfg.register and test_results:
+    if mlflow_cfg.log_model and loggable:
+        images = "mean" in cfg.data
+        record["model_uri"], record["model_id"] = run.log_model(checkpoint, input_example(cfg, datamodule), images)
+    if test_results:
+        log_test_results(run, *test_results, dataset=log_datasets(run, cfg, datamodule, ("test",))["test"])
+        if "model_uri" in record and mlflow_cfg.register:
             record["registered_version"] = run.register_champion(f"nnlab-{cfg.name}")
     write_json(out.models / "run.json", record)
     return record
 
 
-def evaluation_run_id(models_dir: Path, checkpoint_run_id: str | None) -> str | None:
-    """The MLflow run that trained the checkpoint: the id inside it, which run.json (when
+def evaluation_run_id(models_dir: Path) -> str | None:
+    """The MLflow run that trained models_dir/best.ckpt: the id inside it, which run.json (when
     present) must name too; a mismatch means one of them is stale (a crashed re-run)."""
+    from nnlab.models.checkpoint import saved_run_id
+
+    checkpoint_run_id = saved_run_id(models_dir / "best.ckpt")
     recorded = read_json(models_dir / "run.json").get("mlflow_run_id") if (models_dir / "run.json").is_file() else None
     if checkpoint_run_id and recorded and checkpoint_run_id != recorded:
         raise ValueError(
@@ -165,13 +221,13 @@ def evaluation_run_id(models_dir: Path, checkpoint_run_id: str | None) -> str | 
     return checkpoint_run_id or recorded
 
 
-def record_evaluation(cfg: DictConfig, run_id: str | None, metrics: dict, files: list[Path]) -> str | None:
-    """Add test results to the MLflow run that trained the checkpoint."""
+def record_evaluation(cfg: DictConfig, run_id: str | None, datamodule, metrics: dict, files: list[Path]) -> str | None:
+    """Add the test set and results to the MLflow run that trained the checkpoint."""
     mlflow_cfg = cfg.logger.get("mlflow")
     if not mlflow_cfg or not run_id:
         return None
     run = existing_run(run_id, Path(cfg.paths.root_dir), mlflow_cfg.tracking_uri)
-    log_test_results(run, metrics, files)
+    log_test_results(run, metrics, files, log_datasets(run, cfg, datamodule, ("test",))["test"])
     if mlflow_cfg.register and mlflow_cfg.log_model:
         run.register_champion(f"nnlab-{cfg.name}")
     return run.run_id

@@ -16,6 +16,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from nnlab.config.paths import store_root
 from nnlab.config.errors import first_line
 from nnlab.config.schema import TRACKING_SCHEMES
 from nnlab.tracking.credentials import strip_credentials
@@ -25,7 +26,7 @@ NOISE_KEYS = ("_target_", "_partial_")
 
 
 def default_tracking_uri(root: Path) -> str:
-    return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+    return f"sqlite:///{store_root(root).resolve() / 'mlflow.db'}"
 
 
 class TrackingError(RuntimeError):
@@ -116,10 +117,18 @@ class Run:
     def __init__(self, client: MlflowClient, run_id: str):
         self.client, self.run_id = client, run_id
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, **link: str | None) -> None:
+        """``link``: ``model_id``, ``dataset_name``, ``dataset_digest`` (MLflow 3's metrics of a
+        logged model on a data set, shown on the model's page)."""
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
+        batch = [Metric(k, float(v), now, step or 0, **link) for k, v in metrics.items() if v is not None]
         self.client.log_batch(self.run_id, metrics=batch)
+
+    def model_id(self) -> str | None:
+        """The id of the model this run logged (None: it logged none)."""
+        outputs = self.client.get_run(self.run_id).outputs
+        found = outputs.model_outputs if outputs else []
+        return found[-1].model_id if found else None
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         items = [Param(k, str(v)) for k, v in params.items()]
@@ -147,29 +156,25 @@ class Run:
             if saved_env is None:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
-    def log_model(self, model, input_example: np.ndarray, serialization_format: str = "pt2") -> str:
-        """Log a torch model as this run's ``model``; returns its models:/ URI.
-
-        The fluent API creates the logged model in the *active* experiment, so point it at ours.
-        Explicit requirements: inferring them costs seconds per run."""
-        import mlflow.pytorch
+    def log_model(self, checkpoint: Path, input_example: np.ndarray, images: bool) -> tuple[str, str]:
+        """Log ``checkpoint``'s network as this run's pyfunc ``model`` (tracking.served_model);
+        returns (models:/ URI, model id). The fluent API creates the logged model in the *active*
+        experiment, so point it at ours. Explicit requirements: inferring them costs seconds."""
+        import mlflow
         import torch
-        from mlflow.models import infer_signature
 
-        with torch.no_grad():
-            output = model(torch.from_numpy(input_example)).numpy()
+        from nnlab.tracking.served_model import log_classifier
+
         with self._fluent():
             mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
-            info = mlflow.pytorch.log_model(
-                model,
-                name="model",
-                input_example=input_example,
-                signature=infer_signature(input_example, output),
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-                serialization_format=serialization_format,
-                run_id=self.run_id,
+            info = log_classifier(
+                self.run_id,
+                checkpoint,
+                input_example,
+                images,
+                [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "pillow", "pandas"],
             )
-        return info.model_uri
+        return info.model_uri, info.model_id
 
     def register_champion(self, model_name: str, metric: str = "test_acc") -> int:
         """Register this run's model under ``model_name``; give the alias ``champion`` to the
@@ -194,7 +199,7 @@ def experiment_id(client: MlflowClient, name: str, root: Path, uri: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     # A local store keeps its artifacts beside it; a server decides for itself.
-    location = (Path(root) / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
+    location = (store_root(root) / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
     try:
         # The kind tag makes the MLflow UI open on its training-runs view, not the GenAI one.
         return client.create_experiment(
@@ -244,6 +249,33 @@ def open_run(
         raise
     else:
         client.set_terminated(run.run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+@contextmanager
+def system_metrics(run: Run, interval: float | None, resumed: bool = False) -> Iterator[None]:
+    """MLflow's system metrics (CPU, memory, disk, network; GPU when NVIDIA's library finds
+    one) as ``system/...`` every ``interval`` seconds while the block runs (None: off). Our
+    runs are created through the client, which does not start MLflow's monitor by itself."""
+    if not interval:
+        yield
+        return
+    import logging
+
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    monitor = SystemMetricsMonitor(
+        run.run_id, sampling_interval=interval, resume_logging=resumed, tracking_uri=run.client.tracking_uri
+    )
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+        # The monitor's loop stops without logging the samples of its last, partial interval.
+        if any(m._metrics for m in monitor.monitors):
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
 
 
 def process_tags() -> dict[str, str]:

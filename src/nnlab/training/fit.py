@@ -143,6 +143,18 @@ def _callbacks(cfg: DictConfig, resolved: dict, history: EpochHistory, models_di
     return callbacks
 
 
+def lightning_loggers(cfg: DictConfig, run_folder: Path) -> list:
+    """The configured Lightning loggers (conf/logger/lightning/), each writing into its own
+    subfolder of the run's folder; MLflow is recorded by nnlab itself, never by one of these."""
+    loggers = []
+    for name, spec in (cfg.logger.get("lightning") or {}).items():
+        folder = str(run_folder / name)
+        # DVCLive names its folder `dir`; Lightning's own loggers call it `save_dir`.
+        where = {"dir": folder} if spec._target_.startswith("dvclive.") else {"save_dir": folder}
+        loggers.append(instantiate(spec, **where))
+    return loggers
+
+
 def _lightning_fitter(
     cfg: DictConfig,
     resolved: dict,
@@ -156,7 +168,8 @@ def _lightning_fitter(
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     callbacks = [*_callbacks(cfg, resolved, history, models_dir), *extra_callbacks]
     run_state = next(c for c in callbacks if isinstance(c, RunStateInCheckpoint))
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False, default_root_dir=cfg.paths.log_dir)
+    loggers = lightning_loggers(cfg, models_dir.parent)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=cfg.paths.log_dir)
     last = models_dir / "last.ckpt"
 
     def fit():
@@ -200,15 +213,14 @@ def _numpy_fitter(cfg: DictConfig, datamodule, history: EpochHistory, models_dir
 
 
 def run_summary(cfg: DictConfig, history: EpochHistory, parameters: int, seconds: float) -> dict:
-    """train.json: the run's best epoch, timings and size."""
+    """train.json: the run's best epoch, timings and size; numbers only (DVC shows every field
+    of a metrics file as a column; the run's name and settings are in params.yaml beside it)."""
     best, rows = history.best(), history.rows
 
     def mean(key):
         return sum(r[key] for r in rows) / max(len(rows), 1)
 
     return {
-        "name": cfg.name,
-        "reference": cfg.reference,
         "seed": cfg.seed,
         "parameters": parameters,
         "epochs": len(rows),
