@@ -36,7 +36,7 @@ from nnlab.tracking.search import (
     build_pruner,
     build_sampler,
     check_objective,
-    has_password,
+    has_credentials,
     open_storage,
     record_failed_trial,
     record_search_end,
@@ -116,8 +116,8 @@ class OptunaSearch:
                 jobs = launcher.get("n_jobs") or -1
                 n_jobs = jobs if jobs > 0 else max(1, cpus + 1 + jobs)
             elif "submitit" in target.lower():  # submitit_local: one trial per core; SLURM: its array
-                n_jobs = min(int(launcher.get("array_parallelism") or cpus), cpus) if local else None
-                n_jobs = n_jobs or int(launcher.get("array_parallelism") or 1)
+                parallel = int(launcher.get("array_parallelism") or cpus)
+                n_jobs = min(parallel, cpus) if local else parallel
             else:
                 n_jobs = 1
         threads = max(1, cpus // n_jobs) if local and n_jobs > 1 else None
@@ -194,7 +194,7 @@ class OptunaSearch:
             f"Optuna study {s['name']} ({before} trials so far), {s['n_trials']} more, {n_jobs} at once: "
             + ", ".join(p.name for p in space)
         )
-        job = {"study": s["name"], **({"storage": url} if not has_password(url) else {})}
+        job = {"study": s["name"], **({"storage": url} if not has_credentials(url) else {})}
         if threads:
             job["threads"] = threads
         failed = self._run(study, space, fixed, job, s["n_trials"], n_jobs)
@@ -303,8 +303,7 @@ class OptunaSearch:
                 "mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
                 "run_dir": best.user_attrs.get("run_dir"),
             }
-        reports = Path(self.config.paths.reports_dir) / "search" if self.config.get("paths") else find_root()
-        files = write_search_report(study, summary, reports)
+        files = write_search_report(study, summary, Path(self.config.paths.reports_dir) / "search")
         record_search_end(summary, files)
         _print_summary(summary, files[0])
 

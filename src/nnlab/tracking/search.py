@@ -22,7 +22,7 @@ from typing import Any
 
 from nnlab.tracking.credentials import STORAGE_ENV, redacted
 
-# STORAGE_ENV (NNLAB_OPTUNA_STORAGE): a SQLAlchemy URL (a team's PostgreSQL) used when the config names none
+# STORAGE_ENV is NNLAB_OPTUNA_STORAGE: the study's database (a team's PostgreSQL) when storage is null.
 
 METRICS = {"val_acc": ("val/acc", "maximize"), "val_loss": ("val/loss", "minimize")}
 SAMPLERS = {
@@ -71,7 +71,7 @@ def resolve_storage(configured: str | None, root: Path) -> str:
     return url
 
 
-def has_password(url: str) -> bool:
+def has_credentials(url: str) -> bool:
     return redacted(url) != url
 
 
