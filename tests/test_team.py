@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -324,7 +323,7 @@ def test_the_served_champion_answers_like_nnlab_predict(team, workspace, tmp_pat
         workspace,
         team,
         "experiment=mnist_cnn",
-        "trainer.max_epochs=2",
+        "trainer.max_epochs=1",
         "logger.mlflow.register=true",
         "outputs=run",
     )
@@ -346,9 +345,9 @@ def test_the_served_champion_answers_like_nnlab_predict(team, workspace, tmp_pat
         for i, image in enumerate(images):
             files.append(tmp_path / f"digit{i}.png")
             Image.fromarray(image).resize((56, 56)).save(files[-1])
-        from nnlab.data.images import load_digit
-
         import mlflow
+
+        from nnlab.data.images import load_digit
 
         mlflow.set_tracking_uri(team.tracking_uri)
         try:
@@ -381,7 +380,9 @@ def test_the_served_champion_answers_like_nnlab_predict(team, workspace, tmp_pat
         except urllib.error.HTTPError as exc:
             raise AssertionError(f"/invocations: {exc.code}: {exc.read()[:2000]!r}") from None
 
-        predicted = run_module("nnlab.predict", "--json", "--model", uri, *map(str, files), cwd=tmp_path, **client_env(team, workspace))
+        predicted = run_module(
+            "nnlab.predict", "--json", "--model", uri, *map(str, files), cwd=tmp_path, **client_env(team, workspace)
+        )
         assert predicted.returncode == 0, predicted.stderr
         by_predict = np.asarray([r["label"] for r in json.loads(predicted.stdout)])
 
@@ -448,7 +449,9 @@ def second_server(team, tmp_path_factory):
 
 def test_an_unknown_bucket_then_a_full_one_fail_the_run_in_one_line(team, workspace, second_server):
     log = second_server.logs / "mlflow.log"
-    unknown = train(workspace, second_server, "experiment=blobs_linear", "name=bad_bucket", "trainer.max_epochs=1", **FAST_FAILURE)
+    unknown = train(
+        workspace, second_server, "experiment=blobs_linear", "name=bad_bucket", "trainer.max_epochs=1", **FAST_FAILURE
+    )
     assert one_error_line(unknown) == (
         f"nnlab.train: error: tracking store {second_server.tracking_uri} failed during the run: the server could "
         "not store artifact config.yaml in its artifact store (too many 500 error responses; its log says why)"
@@ -462,22 +465,20 @@ def test_an_unknown_bucket_then_a_full_one_fail_the_run_in_one_line(team, worksp
     objectstore.client(team).put_object(Bucket="nnlab-tiny", Key="filler", Body=os.urandom(2 * 1024 * 1024))
     assert "changing bucket nnlab-tiny to read only" in objectstore.set_quota(team, "nnlab-tiny", 1, wait_full=30)
     offset = log.stat().st_size
-    full = train(workspace, second_server, "experiment=blobs_linear", "name=full_bucket", "trainer.max_epochs=1", **FAST_FAILURE)
+    full = train(
+        workspace, second_server, "experiment=blobs_linear", "name=full_bucket", "trainer.max_epochs=1", **FAST_FAILURE
+    )
     assert "could not store artifact config.yaml in its artifact store" in one_error_line(full)
     assert "PutObject" in log.read_text()[offset:]
     (run,) = runs_named(team.tracking_uri, "full_bucket")
     assert run.info.status == "FAILED"
 
 
-def test_a_stopped_service_is_one_line_and_up_restarts_only_it(team, workspace, second_server):
-    # a stopped tracking server: refused at once, before any run exists
-    PidFile(second_server.dir, "mlflow-second", f"--port {second_server.mlflow_port}").stop()
-    gone = train(workspace, second_server, "experiment=blobs_linear", "name=no_server", "trainer.max_epochs=1")
-    assert f"tracking server {second_server.tracking_uri} does not answer" in one_error_line(gone)
-    assert runs_named(team.tracking_uri, "no_server") == []
-
+def test_a_stopped_service_is_one_line_and_up_restarts_only_it(team, workspace):
+    # (a stopped tracking server is refused in one line before any run exists: test_resilience)
     # a stopped object store under a running tracking server: the run fails in one line, FAILED
     before = service_pids(team)
+    objectstore.client(team).put_object(Bucket=team.dvc_bucket, Key="kept/across-restart", Body=b"still here")
     assert objectstore.stop(team)
     status = team_cli("status", team.dir)
     assert status.returncode == 3 and "s3: stopped" in status.stdout.splitlines()
@@ -492,6 +493,9 @@ def test_a_stopped_service_is_one_line_and_up_restarts_only_it(team, workspace, 
     assert after["postgres"] == before["postgres"] and after["mlflow"] == before["mlflow"]
     assert after["s3"] not in (None, before["s3"])
     assert team_cli("status", team.dir).returncode == 0
+    # what was stored before the stop is still there
+    kept = objectstore.client(team).get_object(Bucket=team.dvc_bucket, Key="kept/across-restart")["Body"].read()
+    assert kept == b"still here"
     # nothing of this module is left RUNNING
     client = MlflowClient(tracking_uri=team.tracking_uri)
     experiment = client.get_experiment_by_name("nnlab")

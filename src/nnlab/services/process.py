@@ -7,6 +7,7 @@ program after a reboot is left alone).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -60,18 +61,14 @@ class PidFile:
         if pid is None:
             return False
         send = os.killpg if group else os.kill
-        try:
+        with contextlib.suppress(ProcessLookupError):
             send(pid, sig)
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + timeout
         while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         if alive(pid):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 send(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             while alive(pid) and time.monotonic() < deadline + 10:
                 time.sleep(0.1)
         self.path.unlink(missing_ok=True)

@@ -165,7 +165,9 @@ class Settings:
                 dvc_bucket=values["NNLAB_S3_DVC_BUCKET"],
             )
         except (KeyError, ValueError) as exc:
-            raise ServiceError("settings", f"{path} is incomplete or damaged ({exc}); remove {folder} to start afresh")
+            raise ServiceError(
+                "settings", f"{path} is incomplete or damaged ({exc}); remove {folder} to start afresh"
+            ) from None
         if len(settings.weed_ports) != len(DEFAULT_WEED_PORTS):
             raise ServiceError("settings", f"{path}: NNLAB_WEED_PORTS needs {len(DEFAULT_WEED_PORTS)} ports")
         return settings

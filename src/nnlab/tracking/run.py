@@ -16,8 +16,8 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from nnlab.config.paths import store_root
 from nnlab.config.errors import first_line
+from nnlab.config.paths import store_root
 from nnlab.config.schema import TRACKING_SCHEMES
 from nnlab.tracking.credentials import strip_credentials
 
