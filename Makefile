@@ -46,12 +46,12 @@ test-slow: install-dev
 
 # ruff: lint rules and formatting in pyproject.toml ([tool.ruff]).
 lint: install-dev
-	ruff check src tests benchmarks
-	ruff format --check src tests benchmarks
+	ruff check src tests
+	ruff format --check src tests
 
 format: install-dev
-	ruff check --fix src tests benchmarks
-	ruff format src tests benchmarks
+	ruff check --fix src tests
+	ruff format src tests
 
 ui: install
 	mlflow ui --backend-store-uri $(STORE) --default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(PORT)
@@ -86,9 +86,10 @@ serve: install
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(STORE)} mlflow models serve -m $(SERVE_MODEL) \
 		--env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
 
+# Speed: nnlab's training against a plain PyTorch loop, stage start-up, dvc repro (reports/bench.md).
+# BENCH_ARGS=--quick for a short run; see python -m nnlab.bench --help.
 bench: install
-	python benchmarks/epoch_speed.py --model mlp
-	python benchmarks/epoch_speed.py --model cnn --epochs 2
+	python -m nnlab.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf logs dvc_plots

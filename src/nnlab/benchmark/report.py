@@ -1,0 +1,131 @@
+"""reports/bench.json (everything) and reports/bench.md (the tables), with the machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+
+def machine(env: dict[str, str] | None = None) -> dict:
+    """The machine as a measured process sees it, probed in a child process: the benchmark's own
+    process never imports torch, so that the peak RSS of the processes it starts stays theirs
+    (a child's peak counts the parent's memory at fork time)."""
+    probe = "import json; from nnlab.benchmark.report import probe; print(json.dumps(probe()))"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def probe() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cuda = torch.cuda.is_available()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "platform": platform.platform(),
+    }
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _range(s: dict, digits: int = 2, scale: float = 1.0) -> str:
+    """median (min–max)"""
+    if not s or s.get("median") is None:
+        return "–"
+    med, lo, hi = (s[k] * scale for k in ("median", "min", "max"))
+    if s.get("n", 1) < 2:
+        return _fmt(med, digits)
+    return f"{_fmt(med, digits)} ({_fmt(lo, digits)}–{_fmt(hi, digits)})"
+
+
+def markdown(result: dict) -> str:
+    m, opts = result["machine"], result["options"]
+    lines = [
+        "# nnlab benchmark",
+        "",
+        f"`{result['command']}` at {result['finished']} UTC.",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), "
+        f"torch threads per process: {m['torch_threads']}" + (" (--threads)" if opts.get("threads") else "") + ", "
+        f"device {m['device']}, Python {m['python']}, torch {m['torch']}. "
+        f"Load average {result['load_before'][0]:.1f} before, {result['load_after'][0]:.1f} after "
+        "(a shared machine: other processes were running).",
+        "",
+        f"Median (min–max) of {opts['repeats']} interleaved repetitions, each run in its own process.",
+    ]
+    if result.get("training"):
+        lines += [
+            "",
+            "## Training steps: nnlab's training command against a plain PyTorch loop",
+            "",
+            "nnlab: `python -m nnlab.train experiment=<case>` as the DVC stage runs it (Trainer, module, data "
+            "module, callbacks, checkpoints, MLflow run). Plain: the same network, optimizer, schedule, seed, "
+            "batch size and tensors in a bare loop. ms/step is the steady state after "
+            f"{opts['warmup']} warm-up steps; first step: seconds from launching the process to the end of "
+            "its first step; RSS: peak of the whole process.",
+            "",
+            "| case | batch | steps | plain ms/step | nnlab ms/step | ratio | nnlab samples/s | plain RSS MB | nnlab RSS MB | plain first step s | nnlab first step s |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in result["training"]:
+            lines.append(
+                f"| {r['case']} | {r['batch_size']} | {r['measured_steps']} | {_range(r['plain_ms_per_step'])} | "
+                f"{_range(r['nnlab_ms_per_step'])} | **{r['ratio']:.2f}** | {_range(r['nnlab_samples_per_s'], 0)} | "
+                f"{_range(r['plain_max_rss_mb'], 0)} | {_range(r['nnlab_max_rss_mb'], 0)} | "
+                f"{_range(r['plain_to_first_step_s'], 1)} | {_range(r['nnlab_to_first_step_s'], 1)} |"
+            )
+    if result.get("startup"):
+        lines += [
+            "",
+            "## Start-up: `python -m nnlab.<stage> --help`",
+            "",
+            "| stage | seconds | peak RSS MB | imports |",
+            "| --- | --- | --- | --- |",
+        ]
+        for r in result["startup"]:
+            imports = ", ".join(r["imports"] or []) or "none of them"
+            lines.append(f"| {r['stage']} | {_range(r['help_s'])} | {_range(r['max_rss_mb'], 0)} | {imports} |")
+    if result.get("pipeline"):
+        p = result["pipeline"]
+        lines += [
+            "",
+            "## `dvc repro` of a small configuration",
+            "",
+            f"{p['config']}; {p['stages']} stages.",
+            "",
+            "| cold (every stage runs) | warm (nothing to run) |",
+            "| --- | --- |",
+            f"| {_range(p['cold_s'], 1)} s | {_range(p['warm_s'], 1)} s |",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write(result: dict, out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "bench.json", out_dir / "bench.md"
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    md_path.write_text(markdown(result))
+    return json_path, md_path

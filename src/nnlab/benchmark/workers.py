@@ -1,0 +1,142 @@
+"""What runs inside one measured process: nnlab's training command with a step timer, or the
+plain PyTorch loop. Each writes one JSON file of timings; the parent measures RSS and wall time.
+
+Timings are perf_counter stamps taken at the end of every training step. ``ms_per_step`` is the
+time from the end of step ``warmup`` to the end of the last step, divided by the steps between:
+the steady state, data cutting, hooks and optimizer step included, warm-up excluded.
+``first_step_at`` is the wall-clock time (time.time) the first step ended, so that the parent
+can tell the time from launching the process to the first step.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+import time
+from pathlib import Path
+
+
+def step_summary(stamps: list[float], warmup: int, batch_size: int, samples: int | None = None) -> dict:
+    """ms/step and samples/s of the steps after ``warmup`` (at least one step is measured)."""
+    steps = len(stamps)
+    warmup = min(warmup, max(steps - 2, 0))
+    measured = steps - 1 - warmup if steps > 1 else 0
+    seconds = stamps[-1] - stamps[warmup] if measured else float("nan")
+    ms_per_step = 1000 * seconds / measured if measured else float("nan")
+    return {
+        "steps": steps,
+        "warmup_steps": warmup + 1,
+        "measured_steps": measured,
+        "ms_per_step": ms_per_step,
+        "samples_per_s": batch_size * measured / seconds if measured else float("nan"),
+    }
+
+
+def _timer_callback(out: Path, warmup: int):
+    """A Lightning callback, built here so that importing this module imports no Lightning."""
+    import lightning as L
+
+    class _StepTimer(L.Callback):
+        def __init__(self):
+            self.stamps: list[float] = []
+            self.first_step_at = self.fit_start = self.fit_start_at = self.train_end = None
+            self.batch_size = 0
+
+        def on_fit_start(self, trainer, pl_module):
+            self.fit_start, self.fit_start_at = time.perf_counter(), time.time()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.current_epoch == 0:
+                self.stamps.append(time.perf_counter())
+                if self.first_step_at is None:
+                    self.first_step_at, self.batch_size = time.time(), len(batch[1])
+
+        def on_validation_start(self, trainer, pl_module):
+            if self.train_end is None and not trainer.sanity_checking:
+                self.train_end = time.perf_counter()
+
+        def on_fit_end(self, trainer, pl_module):
+            result = step_summary(self.stamps, warmup, self.batch_size)
+            result.update(
+                first_step_at=self.first_step_at,
+                fit_start_at=self.fit_start_at,
+                first_step_s=self.stamps[0] - self.fit_start,  # compile time shows here
+                fit_s=time.perf_counter() - self.fit_start,
+                accelerator=type(trainer.accelerator).__name__.removesuffix("Accelerator").lower(),
+            )
+            Path(out).write_text(json.dumps(result))
+
+    return _StepTimer()
+
+
+def run_nnlab(out: Path, warmup: int, argv: list[str]) -> None:
+    """``python -m nnlab.train <argv>`` in this process, exactly as a DVC stage runs it, with one
+    extra callback: the step timer. Lightning's Trainer is wrapped to receive it (the config's
+    callbacks group admits Lightning's own callbacks only)."""
+    import lightning as L
+
+    timer = _timer_callback(out, warmup)
+    original = L.Trainer.__init__
+
+    def init(self, *args, callbacks=None, **kwargs):
+        original(self, *args, callbacks=[*(callbacks or []), timer], **kwargs)
+
+    L.Trainer.__init__ = init
+    sys.argv = ["nnlab.train", *argv]
+    runpy.run_module("nnlab.train", run_name="__main__", alter_sys=True)
+
+
+def run_plain(out: Path, warmup: int, argv: list[str]) -> None:
+    """The physical limit of this design: the same config's network, optimizer, schedule, loss,
+    seed, batch size and tensors (MNIST scaled as the data module does), in a minimal loop. No
+    Lightning, no MLflow."""
+    import numpy as np
+    import torch
+    from hydra.utils import instantiate
+
+    from nnlab.config.compose import compose_config
+    from nnlab.data import mnist
+
+    cfg = compose_config(argv)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    if cfg.trainer.deterministic:  # as Lightning sets it for the nnlab run
+        torch.use_deterministic_algorithms(True, warn_only=cfg.trainer.deterministic == "warn")
+    images, labels = mnist.load(Path(cfg.data.data_dir))["train"]
+    x = (torch.from_numpy(np.asarray(images)).float().div_(255.0) - cfg.data.mean) / cfg.data.std
+    x = x.reshape(-1, *cfg.data.input_shape)
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    net = instantiate(cfg.model)
+    optimizer = instantiate(cfg.optimizer)(net.parameters())
+    batch_size = cfg.data.batch_size
+    steps = -(-len(y) // batch_size)
+    limit = cfg.trainer.get("limit_train_batches")
+    if isinstance(limit, int) and limit > 0:
+        steps = min(steps, limit)
+    scheduler = None
+    if cfg.get("scheduler"):
+        factory = instantiate(cfg.scheduler)
+        keywords = getattr(factory, "keywords", {})
+        extra = {k: max(steps, 10) for k in ("total_steps", "T_max") if k in keywords and keywords[k] is None}
+        scheduler = factory(optimizer, **extra)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.data.seed))
+    net.train()
+    stamps: list[float] = []
+    started = time.perf_counter()
+    first_step_at = None
+    for step in range(steps):
+        index = order[step * batch_size : (step + 1) * batch_size]
+        loss = loss_fn(net(x[index]), y[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        stamps.append(time.perf_counter())
+        if first_step_at is None:
+            first_step_at = time.time()
+    result = step_summary(stamps, warmup, batch_size)
+    result.update(first_step_at=first_step_at, first_step_s=stamps[0] - started, accelerator="cpu")
+    Path(out).write_text(json.dumps(result))

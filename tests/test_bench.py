@@ -1,0 +1,47 @@
+"""The benchmark command runs and writes valid output (no timing assertions: values are only
+checked to be measured, positive and where they belong)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from helpers import run_module
+
+
+def _positive(stat: dict) -> bool:
+    return all(
+        isinstance(stat[k], (int, float)) and math.isfinite(stat[k]) and stat[k] > 0 for k in ("median", "min", "max")
+    )
+
+
+def test_a_tiny_benchmark_writes_json_and_markdown(project, tmp_path):
+    out = tmp_path / "bench"
+    result = run_module(
+        "nnlab.bench",
+        *("--models", "mlp@32", "--repeats", "1", "--steps", "12", "--warmup", "2", "--threads", "1"),
+        *("--parts", "training,startup", "--stages", "prepare_blobs,compare", "--out-dir", out),
+        cwd=project,
+        timeout=240,
+        NNLAB_ROOT=str(project),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    bench = json.loads((out / "bench.json").read_text())
+    assert bench["machine"]["cores"] > 0 and bench["machine"]["torch"] and bench["machine"]["device"] == "cpu"
+    assert bench["machine"]["torch_threads"] == 1
+    [row] = bench["training"]
+    assert (row["case"], row["batch_size"], row["steps"], row["measured_steps"]) == ("mnist_mlp@32", 32, 12, 9)
+    for kind in ("nnlab", "plain"):
+        for key in ("ms_per_step", "samples_per_s", "max_rss_mb", "to_first_step_s", "first_step_s"):
+            assert _positive(row[f"{kind}_{key}"]), (kind, key, row[f"{kind}_{key}"])
+    assert row["ratio"] > 0 and _positive(row["ratio_per_pair"])
+    # samples/s and ms/step describe the same steps
+    assert math.isclose(row["nnlab_samples_per_s"]["median"] * row["nnlab_ms_per_step"]["median"] / 1000, 32)
+    assert [s["stage"] for s in bench["startup"]] == ["prepare_blobs", "compare"]
+    for stage in bench["startup"]:
+        assert _positive(stage["help_s"]) and _positive(stage["max_rss_mb"])
+        assert "lightning" not in stage["imports"] and "mlflow" not in stage["imports"]
+    markdown = (out / "bench.md").read_text()
+    assert "| mnist_mlp@32 | 32 | 9 |" in markdown and "| compare |" in markdown and bench["machine"]["cpu"] in markdown
+    # the run wrote nothing into the project's own outputs
+    assert not (project / "mlflow.db").exists() and not (project / "logs").exists()
