@@ -11,6 +11,7 @@ import yaml
 from helpers import REPO, venv_env, write_idx_dir
 
 EXPERIMENTS = ("mnist_linear", "mnist_mlp", "mnist_cnn", "blobs_linear")
+PLOTS = ("history.csv", "curves.png", "confusion.png", "predictions.png")
 
 
 def _run(repo, *args, check=True) -> subprocess.CompletedProcess:
@@ -207,17 +208,18 @@ def test_exp_show_is_numeric_and_shows_the_hyperparameters_used(repo):
 
 
 def test_params_diff_shows_an_edited_optimizer_file(repo):
+    """conf/optimizer/adam.yaml is a code dep, not a params file: the value the run used reaches
+    `dvc params diff` through the run's own metrics/<name>/params.yaml."""
     repo, _ = repo
     used = yaml.safe_load((repo / "metrics" / "blobs_linear" / "params.yaml").read_text())
-    optimizer = repo / "conf" / "optimizer" / f"{used['optimizer']['_target_'].rsplit('.', 1)[-1].lower()}.yaml"
-    old = used["optimizer"]["lr"]
-    text = optimizer.read_text()
-    assert f"lr: {old}" in text, text
-    optimizer.write_text(text.replace(f"lr: {old}", "lr: 0.0123"))
+    assert used["optimizer"]["_target_"] == "torch.optim.Adam" and used["optimizer"]["eps"] == 1e-08
+    optimizer = repo / "conf" / "optimizer" / "adam.yaml"
+    optimizer.write_text(optimizer.read_text().replace("eps: 1.0e-08", "eps: 1.0e-07"))
     try:
         _run(repo, "dvc", "repro", "-s", "train@blobs_linear")
         diff = json.loads(_run(repo, "dvc", "params", "diff", "--json").stdout)
-        assert diff["metrics/blobs_linear/params.yaml"]["optimizer.lr"] == {"old": old, "new": 0.0123}
+        change = diff["metrics/blobs_linear/params.yaml"]["optimizer.eps"]
+        assert (change["old"], change["new"]) == (1e-08, 1e-07)
     finally:
         _run(repo, "git", "checkout", "--", ".")
         _run(repo, "dvc", "checkout", "-q")
@@ -225,15 +227,16 @@ def test_params_diff_shows_an_edited_optimizer_file(repo):
 
 def test_plots_show_declares_every_plot_with_axes(repo):
     repo, _ = repo
-    shown = json.loads(_run(repo, "dvc", "plots", "show", "--json").stdout)
-    names = set(shown)
-    assert {"val_acc", "val_loss"} <= names
-    # the comparison charts: one line per experiment
+    shown = json.loads(_run(repo, "dvc", "plots", "show", "--json").stdout)["data"]
+    # the two comparison charts, each one line per experiment's history.csv
     for name in ("val_acc", "val_loss"):
-        sources = {d["filename"] for d in shown[name][0]["datapoints"]} if "datapoints" in shown[name][0] else None
-        content = json.dumps(shown[name])
-        assert all(f"plots/{e}/history.csv" in content for e in EXPERIMENTS), (name, sources)
-    for name in names - {"val_acc", "val_loss"}:
-        assert name.endswith((".png", "history.csv", "confusion.csv")) or name.startswith("reports/"), name
-    diff = _run(repo, "dvc", "plots", "diff", "HEAD", "--json").stdout
-    assert "val_acc" in json.loads(diff)
+        (chart,) = shown[name]
+        files = {row["filename"] for row in chart["content"]["data"]["values"]}
+        assert files == {f"{e}/history.csv" for e in EXPERIMENTS}, (name, files)
+    # every other plot is a declared file: per-experiment curves, confusion matrices, PNGs
+    expected = {f"plots/{e}/{f}" for e in EXPERIMENTS for f in (*PLOTS, "confusion.csv")} | {"reports/val_accuracy.png"}
+    assert set(shown) - {"val_acc", "val_loss"} == expected
+    (confusion,) = shown["plots/mnist_cnn/confusion.csv"]
+    assert '"field": "predicted"' in json.dumps(confusion["content"]["spec"])
+    diff = json.loads(_run(repo, "dvc", "plots", "diff", "HEAD", "--json").stdout)["data"]
+    assert "val_acc" in diff

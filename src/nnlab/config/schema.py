@@ -18,7 +18,9 @@ from typing import Any, get_args, get_type_hints
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from nnlab.models.networks import ACTIVATIONS
+# The keys of nnlab.models.networks.ACTIVATIONS, named here so that composing and checking a config
+# imports no torch (tests/test_startup.py checks that they agree).
+ACTIVATIONS = ("relu", "sigmoid", "tanh")
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
@@ -61,26 +63,10 @@ def _fraction(obj: Any, *names: str, upper_open: bool = True) -> None:
 
 # ---------------------------------------------------------------- data
 @dataclass
-class MNISTData:
-    _target_: str = "nnlab.data.modules.MNISTDataModule"
-    data_dir: str = MISSING
-    input_shape: list[int] = MISSING
-    num_classes: int = MISSING
-    batch_size: int = MISSING
-    eval_batch_size: int = MISSING
-    seed: int = MISSING
-    mean: float = MISSING
-    std: float = MISSING
-    shift: int = MISSING  # augmentation: random shifts of up to this many pixels
+class _Data:
+    """What every data module takes."""
 
-    def __post_init__(self):
-        _positive(self, "batch_size", "eval_batch_size", "num_classes", "std")
-        check(0 <= self.shift <= 8, "shift", f"must be 0-8 pixels, got {self.shift}")
-
-
-@dataclass
-class BlobsData:
-    _target_: str = "nnlab.data.modules.BlobsDataModule"
+    _target_: str = MISSING
     data_dir: str = MISSING
     input_shape: list[int] = MISSING
     num_classes: int = MISSING
@@ -90,6 +76,24 @@ class BlobsData:
 
     def __post_init__(self):
         _positive(self, "batch_size", "eval_batch_size", "num_classes")
+
+
+@dataclass
+class MNISTData(_Data):
+    _target_: str = "nnlab.data.modules.MNISTDataModule"
+    mean: float = MISSING
+    std: float = MISSING
+    shift: int = MISSING  # augmentation: random shifts of up to this many pixels
+
+    def __post_init__(self):
+        super().__post_init__()
+        _positive(self, "std")
+        check(0 <= self.shift <= 8, "shift", f"must be 0-8 pixels, got {self.shift}")
+
+
+@dataclass
+class BlobsData(_Data):
+    _target_: str = "nnlab.data.modules.BlobsDataModule"
 
 
 # ---------------------------------------------------------------- models
@@ -154,55 +158,67 @@ class NumpyMLPModel(LinearModel):
 
 # ---------------------------------------------------------------- optimizers
 @dataclass
-class SGDOptimizer:
-    _target_: str = "torch.optim.SGD"
+class _Optimizer:
+    """What every optimizer takes."""
+
+    _target_: str = MISSING
     _partial_: bool = True
     lr: float = MISSING
-    momentum: float = MISSING
     weight_decay: float = MISSING
-    nesterov: bool = MISSING
 
     def __post_init__(self):
         _positive(self, "lr")
         check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        self.check_own()
+
+    def check_own(self) -> None:
+        """The checks of one optimizer's own settings."""
+
+
+@dataclass
+class SGDOptimizer(_Optimizer):
+    """Stochastic gradient descent, with momentum when asked."""
+
+    _target_: str = "torch.optim.SGD"
+    momentum: float = MISSING
+    nesterov: bool = MISSING
+
+    def check_own(self) -> None:
         _fraction(self, "momentum")
 
 
 @dataclass
-class AdamOptimizer:
+class AdamOptimizer(_Optimizer):
+    """Adam: per-weight step sizes from running moments of the gradient."""
+
     _target_: str = "torch.optim.Adam"
-    _partial_: bool = True
-    lr: float = MISSING
     betas: list[float] = MISSING
     eps: float = MISSING
-    weight_decay: float = MISSING
 
-    def __post_init__(self):
-        _positive(self, "lr", "eps")
-        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+    def check_own(self) -> None:
+        _positive(self, "eps")
         check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)")
 
 
 @dataclass
 class AdamWOptimizer(AdamOptimizer):
+    """AdamW: Adam with weight decay applied to the weights, not the gradient."""
+
     _target_: str = "torch.optim.AdamW"
-    weight_decay: float = MISSING
 
 
 @dataclass
-class RMSpropOptimizer:
+class RMSpropOptimizer(_Optimizer):
+    """RMSprop: steps scaled by a running mean of squared gradients."""
+
     _target_: str = "torch.optim.RMSprop"
-    _partial_: bool = True
-    lr: float = MISSING
     alpha: float = MISSING
     eps: float = MISSING
     momentum: float = MISSING
-    weight_decay: float = MISSING
 
-    def __post_init__(self):
-        _positive(self, "lr", "eps")
+    def check_own(self) -> None:
+        _positive(self, "eps")
         _fraction(self, "alpha", "momentum")
-        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
 
 
 # ---------------------------------------------------------------- schedulers
