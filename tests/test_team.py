@@ -216,9 +216,18 @@ def test_a_training_through_the_tracking_server_lands_in_postgres_and_the_object
 
 
 def _train_writer(args) -> tuple[int, subprocess.CompletedProcess]:
+    """One of the writers: every epoch's metrics, the params, the artifacts (checkpoint, plots,
+    config); no logged model (its ~70 code files per run would measure uploads, not the store)."""
     index, root, settings = args
     return index, train(
-        root, settings, "experiment=blobs_linear", f"name=writer{index:02d}", f"seed={index}", "trainer.max_epochs=5"
+        root,
+        settings,
+        "experiment=blobs_linear",
+        f"name=writer{index:02d}",
+        f"seed={index}",
+        "trainer.max_epochs=5",
+        "logger.mlflow.log_model=false",
+        timeout=1200,
     )
 
 
@@ -230,7 +239,13 @@ def test_sixteen_concurrent_trainings_against_the_server(team, workspace):
     with ThreadPoolExecutor(writers) as pool:
         results = list(pool.map(_train_writer, [(i, workspace, team) for i in range(writers)]))
     wall = time.perf_counter() - started
-    print(f"\n{writers} concurrent trainings: {wall:.1f} s wall, {writers / wall:.3f} runs/s")
+    with (team.logs / "mlflow.log").open(errors="replace") as log:
+        log.seek(offset)
+        requests = sum(1 for line in log if '" 200' in line)
+    print(
+        f"\n{writers} concurrent trainings: {wall:.1f} s wall, {writers / wall:.3f} runs/s, "
+        f"{requests} requests answered ({requests / wall:.1f}/s), load average {os.getloadavg()[0]:.1f}"
+    )
     for index, proc in results:
         assert proc.returncode == 0, f"writer {index}: {proc.stderr[-2000:]}"
     client = MlflowClient(tracking_uri=team.tracking_uri)
@@ -241,6 +256,23 @@ def test_sixteen_concurrent_trainings_against_the_server(team, workspace):
             steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
             assert sorted(steps) == list(range(1, epochs + 1)), (index, key, steps)
     assert server_errors(team, offset) == []
+
+
+def test_optuna_studies_share_the_database_named_by_the_env_file(team, monkeypatch):
+    """What a sweep worker on any machine does with NNLAB_OPTUNA_STORAGE and PGPASSWORD."""
+    import optuna
+
+    for key, value in team.client_env().items():
+        monkeypatch.setenv(key, value)
+    storage = os.environ["NNLAB_OPTUNA_STORAGE"]
+    assert "@" in storage and team.pg_password not in storage  # the URL carries no secret
+    first = optuna.create_study(study_name="shared", storage=storage, load_if_exists=True)
+    first.optimize(lambda trial: trial.suggest_float("x", -1, 1) ** 2, n_trials=3)
+    second = optuna.load_study(study_name="shared", storage=storage)  # another worker's view
+    assert len(second.trials) == 3
+    monkeypatch.setenv("PGPASSWORD", "not-the-password")
+    with pytest.raises(Exception, match="password authentication failed"):
+        optuna.load_study(study_name="shared", storage=storage)
 
 
 # ---- DVC remote ----------------------------------------------------------------------------
@@ -431,6 +463,27 @@ def test_a_wrong_password_is_one_line_naming_the_service(team, tmp_path):
     assert message.startswith(f"mlflow: backend store postgresql+psycopg2://nnlab@127.0.0.1:{team.pg_port}/mlflow: ")
     assert 'password authentication failed for user "nnlab"' in message
     assert "\n" not in message and "not-the-password" not in message
+
+
+def test_a_data_directory_made_with_another_password_is_named(tmp_path):
+    """The env file replaced while the database stays: `up` says which folder and what to do."""
+    settings = Settings.with_free_ports(tmp_path / ".services")
+    settings.write()
+    try:
+        postgres.start(settings)
+        postgres.stop(settings)
+        settings.pg_password = "another-password"
+        with pytest.raises(ServiceError) as error:
+            postgres.start(settings)
+        data = postgres.data_dir(settings)
+        assert str(error.value) == (
+            f"postgres: {data} was initialised with another password than {settings.env_file}'s "
+            f"(was the env file replaced?): restore it, or remove {data} to start afresh"
+        )
+        assert postgres.pid_file(settings).pid() is None
+    finally:
+        postgres.stop(settings)
+        shutil.rmtree((settings.dir / "postgres").resolve(), ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

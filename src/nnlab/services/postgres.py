@@ -204,8 +204,14 @@ def start(settings: Settings) -> str:
     pids.write(proc.pid)
     try:
         wait_until(NAME, lambda: _answers(settings), START_TIMEOUT, proc, log)
-    except ServiceError:
+    except ServiceError as exc:
         pids.stop(signal.SIGINT, group=False)
+        if "password authentication failed" in str(exc):
+            raise ServiceError(
+                NAME,
+                f"{data} was initialised with another password than {settings.env_file}'s "
+                f"(was the env file replaced?): restore it, or remove {data} to start afresh",
+            ) from None
         raise
     ensure_databases(settings)
     return status(settings)
@@ -238,4 +244,7 @@ def status(settings: Settings) -> str:
         check(settings)
     except ServiceError as exc:
         return f"{NAME}: running (pid {pid}) but not answering: {str(exc).removeprefix(NAME + ': ')}"
-    return f"{NAME}: running (pid {pid}) on {HOST}:{settings.pg_port}, databases {', '.join(DATABASES)}"
+    return (
+        f"{NAME}: running (pid {pid}) on {HOST}:{settings.pg_port}, databases {', '.join(DATABASES)}, "
+        f"data in {data_dir(settings)}"
+    )
