@@ -7,22 +7,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from nnlab.config.compose import hydra_main
 from nnlab.config.errors import fail, first_line
 from nnlab.config.paths import Outputs, register_resolvers
 from nnlab.config.schema import ConfigError, validate
-from nnlab.models.checkpoint import load_network
 from nnlab.report.tables import console
-from nnlab.training.evaluation import score_and_write
 
 PROG = "nnlab.evaluate"
 
 
 def evaluate(cfg: DictConfig) -> dict:
+    import torch  # here, not at the top: --help and config errors need no torch
+    from hydra.utils import instantiate
+
+    from nnlab.models.checkpoint import load_network
+    from nnlab.training.evaluation import score_and_write
+
     register_resolvers()  # ${nnlab_root:} also in a launcher's worker process
     validate(cfg)
     out = Outputs.in_folder(Path(cfg.run_dir)) if cfg.run_dir else Outputs.canonical(cfg.paths, cfg.name)

@@ -12,10 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from nnlab.config.compose import hydra_main
@@ -31,17 +29,12 @@ from nnlab.config.paths import (
 )
 from nnlab.config.schema import ConfigError, check, validate
 from nnlab.data.idx import DataError
-from nnlab.models.checkpoint import saved_run_id
 from nnlab.report import plots
 from nnlab.report.tables import print_summary, write_json, write_yaml
-from nnlab.tracking import record, search
 from nnlab.tracking.credentials import strip_credentials, strip_override
-from nnlab.tracking.run import TrackingError
-from nnlab.training.evaluation import score_and_write
-from nnlab.training.fit import fitter_for, run_summary
-from nnlab.training.history import EpochHistory, TrainingDiverged
-from nnlab.training.numpy_loop import TARGET
-from nnlab.training.pruning import PruneWhenJudged
+
+# Lightning, MLflow and torch are imported where a run needs them, so that `--help`, a config
+# error and Hydra's start-up do not wait seconds for them.
 
 PROG = "nnlab.train"
 
@@ -51,6 +44,8 @@ def run_outputs(cfg: DictConfig) -> tuple[Outputs, Outputs | None]:
     A sweep job writes into its own folder; a single run into logs/runs/<name>/<time>/ (Hydra's
     run folder); resume=true continues the newest unfinished one. Inside a DVC stage (or with
     outputs=canonical) the finished results then move into models/, metrics/, plots/<name>."""
+    from nnlab.training.numpy_loop import TARGET
+
     hydra_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
     multirun = hydra_dir is not None and HydraConfig.get().mode == RunMode.MULTIRUN
     if cfg.resume:
@@ -71,6 +66,16 @@ def run_outputs(cfg: DictConfig) -> tuple[Outputs, Outputs | None]:
 
 def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     """Fit, keep the best checkpoint by validation loss, record everything. Returns the summary."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from nnlab.models.checkpoint import saved_run_id
+    from nnlab.tracking import record, search
+    from nnlab.training.evaluation import score_and_write
+    from nnlab.training.fit import fitter_for, run_summary
+    from nnlab.training.history import EpochHistory
+    from nnlab.training.pruning import PruneWhenJudged
+
     register_resolvers()  # ${nnlab_root:} also in a launcher's worker process
     validate(cfg)
     if cfg.logger.get("mlflow"):  # credentials go to the environment, never into a file
@@ -137,6 +142,10 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
 
 
 def _task(cfg: DictConfig) -> float | None:
+    from nnlab.tracking import record, search
+    from nnlab.tracking.run import TrackingError
+    from nnlab.training.history import TrainingDiverged
+
     hydra = HydraConfig.get()
     try:
         summary = train(cfg, list(hydra.overrides.task))

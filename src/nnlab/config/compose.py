@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 
 from hydra.errors import HydraException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nnlab.config.errors import fail, one_line
@@ -46,9 +46,48 @@ def _allowed_hint(key: str, argv: list[str]) -> str:
         return ""
 
 
+HELP_FLAGS = ("--help", "-h")
+
+
+def config_groups() -> dict[str, list[str]]:
+    """conf/'s groups and their options, from the folder (no composition)."""
+    root = conf_dir()
+    groups: dict[str, list[str]] = {}
+    for path in sorted(root.rglob("*.yaml")):
+        group = path.parent.relative_to(root).as_posix()
+        if group != ".":
+            groups.setdefault(group, []).append(path.stem)
+    return groups
+
+
+def help_text(prog: str, argv: list[str]) -> str:
+    """What ``--help`` prints: the command, the config groups and the config these overrides
+    compose. Hydra's own --help formats every group by composing the whole repository once per
+    group (seconds); this reads the folder and composes once. ``--hydra-help`` is Hydra's."""
+    doc = (sys.modules["__main__"].__doc__ or "").strip()
+    lines = [
+        f"usage: python -m {prog} [key=value ...] [group=option ...] [-m] [--cfg job] [--info] [--hydra-help]",
+        "",
+        doc,
+        "",
+        "Config groups (conf/; pick one with group=option):",
+    ]
+    lines += [f"  {group}: {', '.join(options)}" for group, options in config_groups().items()]
+    overrides = [a for a in argv if a not in HELP_FLAGS and not a.startswith("-")]
+    try:
+        config = OmegaConf.to_yaml(compose_config(overrides))
+    except (HydraException, OmegaConfBaseException) as exc:
+        config = f"(cannot compose {' '.join(overrides)}: {one_line(exc)})\n"
+    lines += ["", f"Config{' with ' + ' '.join(overrides) if overrides else ''} (before interpolation):", "", config]
+    return "\n".join(lines)
+
+
 def hydra_main(prog: str, task: Callable[[DictConfig], object]) -> None:
     """Run ``task`` as ``@hydra.main`` would, after the checks: credentials out of the command
     line (Hydra copies it into .hydra/ and the run's config) and one-line config errors."""
+    if any(a in HELP_FLAGS for a in sys.argv[1:]):
+        print(help_text(prog, [strip_override(a) for a in sys.argv[1:]]))
+        sys.exit(0)
     import hydra
 
     sys.argv[1:] = [strip_override(a) for a in sys.argv[1:]]

@@ -23,6 +23,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")  # eager and aot_eager: quick checks of the path
 TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
@@ -359,10 +360,13 @@ class RootConfig:
     outputs: str = MISSING  # auto: canonical inside a DVC stage, else the run's own folder
     resume: bool = MISSING  # continue the last unfinished run of this name from its last.ckpt
     run_dir: str | None = MISSING  # evaluate: a run folder (logs/runs/<name>/<time>) instead of the canonical outputs
+    compile: str | None = MISSING  # torch.compile's backend for the network (inductor); null: not compiled
 
     def __post_init__(self):
         _fraction(self, "label_smoothing")
         _one_of(self, "outputs", ("auto", "canonical", "run"))
+        if self.compile is not None:
+            _one_of(self, "compile", COMPILE_BACKENDS)
         # name becomes a folder under models/, metrics/, plots/: no '', '..', '/' or spaces
         check(
             bool(NAME_PATTERN.fullmatch(self.name)) and ".." not in self.name,

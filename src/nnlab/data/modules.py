@@ -26,11 +26,12 @@ def random_shift(x: torch.Tensor, max_shift: int, fill: float, gen: torch.Genera
     """Each image of a (n, c, h, w) batch moved by its own random offset of up to ``max_shift``
     pixels in each direction, the uncovered border filled with ``fill``; one gather, no loop."""
     n, c, h, w = x.shape
+    device = x.device  # the offsets come from the CPU generator: the same on every device
     padded = torch.nn.functional.pad(x, (max_shift,) * 4, value=fill)
-    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n, 1, 1), generator=gen)
-    rows = torch.arange(h).view(1, h, 1) + dy
-    cols = torch.arange(w).view(1, 1, w) + dx
-    batch = torch.arange(n).view(n, 1, 1)
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n, 1, 1), generator=gen).to(device)
+    rows = torch.arange(h, device=device).view(1, h, 1) + dy
+    cols = torch.arange(w, device=device).view(1, 1, w) + dx
+    batch = torch.arange(n, device=device).view(n, 1, 1)
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
 
 
@@ -74,7 +75,7 @@ class TensorBatches:
         return -(-per_rank // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self._indices()
+        order = self._indices().to(self.x.device)  # the order is drawn on the CPU, batches cut where x is
         self.passes += 1
         if not self.shuffle and self.world_size == 1:  # contiguous slices, no copy
             for start in range(0, len(order), self.batch_size):
@@ -108,6 +109,7 @@ class TensorDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.raw_test_inputs: np.ndarray | None = None  # as stored (MNIST: uint8 pixels), for plots
+        self._on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._train_passes = 0
 
     def load(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -166,8 +168,19 @@ class TensorDataModule(L.LightningDataModule):
             inputs = self.to_inputs(x).reshape(-1, *self.input_shape)
             self.splits[split] = (inputs, torch.from_numpy(np.asarray(y, dtype=np.int64)))
 
+    def on_device(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The split on the trainer's device: copied there once (on a GPU, no host-to-device copy
+        per step; batches are cut on the device). On the CPU the tensors themselves."""
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        if device.type == "cpu":
+            return self.splits[split]
+        if split not in self._on_device or self._on_device[split][0].device != device:
+            x, y = self.splits[split]
+            self._on_device[split] = (x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+        return self._on_device[split]
+
     def _batches(self, split: str, train: bool = False) -> TensorBatches:
-        x, y = self.splits[split]
+        x, y = self.on_device(split)
         if not train:
             return TensorBatches(x, y, self.eval_batch_size)
         trainer = self.trainer
@@ -228,7 +241,8 @@ class MNISTDataModule(TensorDataModule):
         return [1, *(int(d) for d in x.shape[1:])]  # one channel
 
     def to_inputs(self, x: np.ndarray) -> torch.Tensor:
-        return (torch.from_numpy(np.asarray(x)).float().div_(255.0) - self.mean) / self.std
+        # in place: one float copy of the pixels, not three (the same values)
+        return torch.from_numpy(np.asarray(x)).float().div_(255.0).sub_(self.mean).div_(self.std)
 
 
 class BlobsDataModule(TensorDataModule):

@@ -5,11 +5,18 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")
-from matplotlib import pyplot as plt  # noqa: E402  (after the backend is chosen)
+
+def _pyplot():
+    """pyplot on the Agg backend, imported on the first figure: a stage that only reads or
+    writes tables (or prints its --help) does not pay matplotlib's start-up."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    return pyplot
 
 
 def save(fig, path: Path) -> Path:
@@ -18,13 +25,13 @@ def save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
 def confusion_matrix(counts: np.ndarray, path: Path, title: str) -> Path:
     n = len(counts)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * n, 1 + 0.5 * n))
+    fig, ax = _pyplot().subplots(figsize=(1.2 + 0.55 * n, 1 + 0.5 * n))
     ax.imshow(np.log1p(counts), cmap="Blues")
     for i in range(n):
         for j in range(n):
@@ -41,7 +48,7 @@ def prediction_grid(
     order = np.concatenate([np.flatnonzero(actual != predicted), np.flatnonzero(actual == predicted)])[:count]
     cols = 10
     rows = max(1, -(-len(order) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.0, rows * 1.15), squeeze=False)
+    fig, axes = _pyplot().subplots(rows, cols, figsize=(cols * 1.0, rows * 1.15), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, order):
@@ -55,7 +62,7 @@ def prediction_grid(
 
 def scatter_predictions(points: np.ndarray, actual: np.ndarray, predicted: np.ndarray, path: Path, title: str) -> Path:
     """2-D points coloured by prediction; mistakes circled in red."""
-    fig, ax = plt.subplots(figsize=(5, 4.5))
+    fig, ax = _pyplot().subplots(figsize=(5, 4.5))
     ax.scatter(points[:, 0], points[:, 1], c=predicted, cmap="viridis", s=18)
     wrong = actual != predicted
     ax.scatter(points[wrong, 0], points[wrong, 1], s=80, facecolors="none", edgecolors="red", label="mistake")
@@ -66,7 +73,7 @@ def scatter_predictions(points: np.ndarray, actual: np.ndarray, predicted: np.nd
 def learning_curves(
     histories: dict[str, list[dict]], path: Path, key: str = "val_acc", ylabel: str = "validation accuracy"
 ) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _pyplot().subplots(figsize=(7, 4.5))
     for name, rows in sorted(histories.items()):
         ax.plot([r["epoch"] for r in rows], [r[key] for r in rows], marker="o", ms=3, label=name)
     ax.set(xlabel="epoch", ylabel=ylabel, title=f"{ylabel} per epoch")
@@ -77,7 +84,7 @@ def learning_curves(
 
 def run_curves(rows: list[dict], path: Path, title: str) -> Path:
     """Loss and accuracy, train and validation, of one run."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, (left, right) = _pyplot().subplots(1, 2, figsize=(9, 3.5))
     epochs = [r["epoch"] for r in rows]
     for split in ("train", "val"):
         left.plot(epochs, [r[f"{split}_loss"] for r in rows], marker="o", ms=3, label=split)
@@ -99,7 +106,7 @@ def reference_losses(
         for exp, runs in runs_by_experiment.items()
         if runs[0].get("reference") in published and exp.startswith("ref_")
     ]
-    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.5 * max(len(panels), 1), 3.6), squeeze=False)
+    fig, axes = _pyplot().subplots(1, max(len(panels), 1), figsize=(4.5 * max(len(panels), 1), 3.6), squeeze=False)
     for ax, (exp, runs) in zip(axes[0], panels):
         epochs = [r["epoch"] for r in runs[0]["history"]]
         mean = [statistics.mean(run["history"][i]["train_loss"] for run in runs) for i in range(len(epochs))]
@@ -116,7 +123,7 @@ def activation_functions(activations, path: Path) -> Path:
     """The activations and their derivatives, and a three-way softmax, from ``activations``
     (nnlab.models.activations: ELEMENTWISE, softmax, softmax_jacobian)."""
     z = np.linspace(-6, 6, 481)
-    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, (left, middle, right) = _pyplot().subplots(1, 3, figsize=(13, 3.8))
     for name, (f, df) in activations.ELEMENTWISE.items():
         style = ":" if name == "identity" else "-"  # identity overlaps ReLU for z > 0
         left.plot(z, f(z), style, label=name)
@@ -137,7 +144,7 @@ def activation_functions(activations, path: Path) -> Path:
 
 def gradient_norms(norms: dict[str, list[float]], path: Path) -> Path:
     """Per-layer weight-gradient norm of each network, log scale, first layer on the left."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _pyplot().subplots(figsize=(7, 4))
     for name, values in norms.items():
         ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
     ax.set(

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from nnlab.report import plots
 from nnlab.report.tables import write_json
@@ -25,7 +24,10 @@ def predict_logits(net: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> t
 def score(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
     """Loss, accuracy, per-class accuracy, counts[actual, predicted] and the predictions."""
     y_pred = logits.argmax(1)
-    counts = multiclass_confusion_matrix(y_pred, y, num_classes).numpy()
+    # counts[actual, predicted], as torchmetrics' multiclass_confusion_matrix (not imported: it
+    # pulls in torchvision and scipy, seconds of start-up for one bincount)
+    pairs = y.long() * num_classes + y_pred.long()
+    counts = torch.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes).numpy()
     per_class = counts.diagonal() / np.maximum(counts.sum(1), 1)
     return {
         "loss": float(F.cross_entropy(logits, y)),

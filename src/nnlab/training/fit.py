@@ -17,6 +17,7 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig
 from torch import nn
 
@@ -42,6 +43,7 @@ def build_module(cfg: DictConfig) -> Classifier:
         scheduler,
         num_classes=cfg.data.num_classes,
         label_smoothing=cfg.label_smoothing,
+        compile_backend=cfg.get("compile"),
     )
 
 
@@ -138,9 +140,27 @@ def _callbacks(cfg: DictConfig, resolved: dict, history: EpochHistory, models_di
             continue
         if name == "model_checkpoint":
             callbacks.append(instantiate(spec, dirpath=str(models_dir)))
+        elif name == "progress_bar" and spec.get("_target_") == RICH_BAR and cfg.trainer.enable_progress_bar:
+            callbacks.append(
+                ThrottledRichProgressBar(**instantiate({k: v for k, v in spec.items() if k != "_target_"}))
+            )
         elif name != "progress_bar" or cfg.trainer.enable_progress_bar:
             callbacks.append(instantiate(spec))
     return callbacks
+
+
+RICH_BAR = "lightning.pytorch.callbacks.RichProgressBar"
+
+
+class ThrottledRichProgressBar(RichProgressBar):
+    """Lightning's Rich bar, which moves its task and rebuilds its metrics on every training
+    batch and redraws every ``refresh_rate`` batches: here all of it happens on the batches it
+    redraws (and the last), so a small network's step does not pay for a bar nobody sees move."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        done = batch_idx + 1
+        if done % max(self.refresh_rate, 1) == 0 or done == self.total_train_batches:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
 def lightning_loggers(cfg: DictConfig, run_folder: Path) -> list:

@@ -1,0 +1,97 @@
+"""The GPU path's code, run on the CPU so that it cannot rot unseen: bf16 autocast with NHWC
+convolutions, torch.compile as a config switch, data cut where the trainer's device is, the
+fused optimizer options, and epoch metrics that never wait for the device."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+import torch
+
+from nnlab.data.modules import TensorBatches, random_shift
+from nnlab.models.module import Classifier, RunningAccuracy, RunningMean, fast_optimizer_options
+from nnlab.models.networks import CNN
+from nnlab.train import train
+
+
+def test_bf16_autocast_with_channels_last_and_compile_on_the_cpu(compose, project):
+    cfg = compose(
+        "experiment=mnist_cnn",
+        "model.channels=[4,8]",
+        "model.hidden_size=16",
+        "trainer.max_epochs=1",
+        "trainer.precision=bf16-mixed",
+        "compile=eager",
+        "logger=none",
+    )
+    summary = train(cfg)
+    assert summary["epochs"] == 1 and math.isfinite(summary["final_train_loss"])
+    assert 0.0 <= summary["best_val_acc"] <= 1.0 and 0.0 <= summary["test_acc"] <= 1.0
+
+
+def test_the_module_uses_nhwc_only_for_convolutions_on_a_gpu_or_in_bf16():
+    class Trainer:  # what on_fit_start reads
+        def __init__(self, precision):
+            self.precision = precision
+
+    for precision, expected in (("32-true", False), ("bf16-mixed", True)):
+        module = Classifier(CNN((1, 28, 28), 10, channels=(2, 4), hidden_size=8), torch.optim.Adam)
+        module._trainer = Trainer(precision)
+        module.on_fit_start()
+        assert module.channels_last is expected
+        # the second convolution: its weight (8, 2, 3, 3) has one layout or the other, not both
+        weight = [m for m in module.net.modules() if isinstance(m, torch.nn.Conv2d)][-1].weight
+        assert weight.is_contiguous(memory_format=torch.channels_last) is expected
+
+
+def test_fused_optimizers_on_cuda_only_and_never_against_the_config():
+    adam = functools.partial(torch.optim.Adam, lr=1e-3)
+    assert fast_optimizer_options(adam, torch.device("cpu")) == {}
+    assert fast_optimizer_options(adam, torch.device("cuda")) == {"fused": True}
+    assert fast_optimizer_options(functools.partial(torch.optim.RMSprop, lr=1e-3), "cuda") == {"foreach": True}
+    assert fast_optimizer_options(functools.partial(torch.optim.Adam, lr=1e-3, foreach=False), "cuda") == {}
+
+
+def test_batches_are_cut_where_the_data_is_and_shifts_are_device_independent():
+    x = torch.arange(6 * 1 * 4 * 4, dtype=torch.float32).reshape(6, 1, 4, 4)
+    y = torch.arange(6)
+    meta = TensorBatches(x.to("meta"), y.to("meta"), batch_size=4, shuffle=True, seed=3)
+    assert all(bx.device.type == "meta" and by.device.type == "meta" for bx, by in meta)
+    cpu = [b for b, _ in TensorBatches(x, y, batch_size=4, shuffle=True, seed=3, shift=1)]
+    again = [b for b, _ in TensorBatches(x, y, batch_size=4, shuffle=True, seed=3, shift=1)]
+    assert all(torch.equal(a, b) for a, b in zip(cpu, again, strict=True))
+    shifted = random_shift(x, 1, -1.0, torch.Generator().manual_seed(0))
+    assert shifted.shape == x.shape and set(shifted.unique().tolist()) <= set(x.unique().tolist()) | {-1.0}
+
+
+def test_epoch_metrics_equal_the_torchmetrics_values():
+    from torchmetrics import MeanMetric
+    from torchmetrics.classification import MulticlassAccuracy
+
+    gen = torch.Generator().manual_seed(0)
+    mine_acc, mine_loss = RunningAccuracy(), RunningMean()
+    ref_acc, ref_loss = MulticlassAccuracy(10, average="micro"), MeanMetric(nan_strategy=float("inf"))
+    for n in (128, 128, 37):
+        logits, target = torch.randn(n, 10, generator=gen), torch.randint(0, 10, (n,), generator=gen)
+        loss = torch.nn.functional.cross_entropy(logits, target)
+        mine_acc.update(logits, target)
+        ref_acc.update(logits, target)
+        mine_loss.update(loss, weight=n)
+        ref_loss.update(loss, weight=n)
+    assert mine_acc.compute().item() == ref_acc.compute().item()
+    assert mine_loss.compute().item() == ref_loss.compute().item()
+    mine_loss.update(torch.tensor(float("nan")), weight=3)
+    assert mine_loss.compute().item() == math.inf
+    mine_loss.reset()
+    mine_acc.reset()
+    assert mine_acc.correct.item() == mine_acc.total.item() == 0 and mine_loss.weight.item() == 0
+
+
+@pytest.mark.parametrize("backend", ["nonsense"])
+def test_an_unknown_compile_backend_is_a_config_error(compose, backend):
+    from nnlab.config.schema import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="compile: must be one of inductor"):
+        validate(compose(f"compile={backend}"))
