@@ -289,16 +289,18 @@ def _dvc(repo: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedPro
 
 
 def test_dvc_push_then_a_fresh_clone_pulls_and_has_nothing_to_run(team, tmp_path):
-    """A blobs-only configuration of the real pipeline: repro, push to the team remote; a second
-    clone pulls, `dvc status` is clean and `dvc repro` runs no stage."""
+    """A blobs-only configuration of the real pipeline (its blobs, train and evaluate stages):
+    repro, push to the team remote; a second clone pulls, `dvc status` is clean and `dvc repro`
+    runs no stage."""
     repo = tmp_path / "origin"
     repo.mkdir()
-    for name in ("dvc.yaml", "conf", "src", ".gitignore", ".dvcignore"):
+    for name in ("conf", "src", ".gitignore", ".dvcignore"):
         source = REPO / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, repo / name)
-    md5s = write_idx_dir(tmp_path / "raw", n_train=200, n_test=100)
+    pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    pipeline = {"stages": {k: v for k, v in pipeline["stages"].items() if k in ("prepare_blobs", "train", "evaluate")}}
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["mnist"].update(source="dir", dir=str(tmp_path / "raw"), md5=md5s, val_size=50)
     params["experiments"] = {"blobs_linear": params["experiments"]["blobs_linear"]}
     params["train_overrides"] = "trainer.max_epochs=3 trainer.enable_progress_bar=false trainer=cpu"
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
@@ -350,7 +352,7 @@ def _readme_curl() -> str:
     return match.group(1)
 
 
-def test_the_served_champion_answers_like_nnlab_predict(team, workspace, tmp_path):
+def test_the_served_champion_answers_like_nnlab_predict(team, workspace, tmp_path, monkeypatch, capsys):
     trained = train(
         workspace,
         team,
@@ -412,11 +414,15 @@ def test_the_served_champion_answers_like_nnlab_predict(team, workspace, tmp_pat
         except urllib.error.HTTPError as exc:
             raise AssertionError(f"/invocations: {exc.code}: {exc.read()[:2000]!r}") from None
 
-        predicted = run_module(
-            "nnlab.predict", "--json", "--model", uri, *map(str, files), cwd=tmp_path, **client_env(team, workspace)
-        )
-        assert predicted.returncode == 0, predicted.stderr
-        by_predict = np.asarray([r["label"] for r in json.loads(predicted.stdout)])
+        from nnlab import predict
+
+        for key, value in client_env(team, workspace).items():
+            monkeypatch.setenv(key, value)
+        try:
+            assert predict.main(["--json", "--model", uri, *map(str, files)]) == 0
+        finally:
+            mlflow.set_tracking_uri(None)
+        by_predict = np.asarray([r["label"] for r in json.loads(capsys.readouterr().out)])
 
         assert len(served) == len(files)
         assert served.tolist() == by_predict.tolist() == local.tolist()
