@@ -32,14 +32,15 @@ def test_a_tiny_benchmark_writes_json_and_markdown(project, tmp_path):
     [row] = bench["training"]
     assert (row["case"], row["batch_size"], row["steps"], row["measured_steps"]) == ("mnist_mlp@32", 32, 12, 9)
     for kind in ("nnlab", "plain"):
-        for key in ("ms_per_step", "samples_per_s", "max_rss_mb", "to_first_step_s", "first_step_s"):
+        for key in ("ms_per_step", "cpu_ms_per_step", "samples_per_s", "max_rss_mb", "to_first_step_s", "first_step_s"):
             assert _positive(row[f"{kind}_{key}"]), (kind, key, row[f"{kind}_{key}"])
     assert row["ratio"] > 0 and _positive(row["ratio_per_pair"])
+    assert row["cpu_ratio"] > 0 and _positive(row["cpu_ratio_per_pair"])
     # samples/s and ms/step describe the same steps
     assert math.isclose(row["nnlab_samples_per_s"]["median"] * row["nnlab_ms_per_step"]["median"] / 1000, 32)
     assert [s["stage"] for s in bench["startup"]] == ["prepare_blobs", "compare"]
     for stage in bench["startup"]:
-        assert _positive(stage["help_s"]) and _positive(stage["max_rss_mb"])
+        assert _positive(stage["help_s"]) and _positive(stage["help_cpu_s"]) and _positive(stage["max_rss_mb"])
         assert "lightning" not in stage["imports"] and "mlflow" not in stage["imports"]
     markdown = (out / "bench.md").read_text()
     assert "| mnist_mlp@32 | 32 | 9 |" in markdown and "| compare |" in markdown and bench["machine"]["cpu"] in markdown

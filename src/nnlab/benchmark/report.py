@@ -84,16 +84,19 @@ def markdown(result: dict) -> str:
             "nnlab: `python -m nnlab.train experiment=<case>` as the DVC stage runs it (Trainer, module, data "
             "module, callbacks, checkpoints, MLflow run). Plain: the same network, optimizer, schedule, seed, "
             "batch size and tensors in a bare loop. ms/step is the steady state after "
-            f"{opts['warmup']} warm-up steps; first step: seconds from launching the process to the end of "
-            "its first step; RSS: peak of the whole process.",
+            f"{opts['warmup']} warm-up steps (wall clock); CPU ratio: the same from the process's CPU time, "
+            "which load from other processes moves far less; first step: seconds from launching the process "
+            "to the end of its first step; RSS: peak of the whole process.",
             "",
-            "| case | batch | steps | plain ms/step | nnlab ms/step | ratio | nnlab samples/s | plain RSS MB | nnlab RSS MB | plain first step s | nnlab first step s |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| case | batch | steps | plain ms/step | nnlab ms/step | ratio | CPU ratio | nnlab samples/s "
+            "| plain RSS MB | nnlab RSS MB | plain first step s | nnlab first step s |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in result["training"]:
             lines.append(
                 f"| {r['case']} | {r['batch_size']} | {r['measured_steps']} | {_range(r['plain_ms_per_step'])} | "
-                f"{_range(r['nnlab_ms_per_step'])} | **{r['ratio']:.2f}** | {_range(r['nnlab_samples_per_s'], 0)} | "
+                f"{_range(r['nnlab_ms_per_step'])} | **{r['ratio']:.2f}** | **{r['cpu_ratio']:.2f}** | "
+                f"{_range(r['nnlab_samples_per_s'], 0)} | "
                 f"{_range(r['plain_max_rss_mb'], 0)} | {_range(r['nnlab_max_rss_mb'], 0)} | "
                 f"{_range(r['plain_to_first_step_s'], 1)} | {_range(r['nnlab_to_first_step_s'], 1)} |"
             )
@@ -102,12 +105,15 @@ def markdown(result: dict) -> str:
             "",
             "## Start-up: `python -m nnlab.<stage> --help`",
             "",
-            "| stage | seconds | peak RSS MB | imports |",
-            "| --- | --- | --- | --- |",
+            "| stage | seconds | CPU seconds | peak RSS MB | imports |",
+            "| --- | --- | --- | --- | --- |",
         ]
         for r in result["startup"]:
             imports = ", ".join(r["imports"] or []) or "none of them"
-            lines.append(f"| {r['stage']} | {_range(r['help_s'])} | {_range(r['max_rss_mb'], 0)} | {imports} |")
+            lines.append(
+                f"| {r['stage']} | {_range(r['help_s'])} | {_range(r['help_cpu_s'])} | "
+                f"{_range(r['max_rss_mb'], 0)} | {imports} |"
+            )
     if result.get("pipeline"):
         p = result["pipeline"]
         lines += [

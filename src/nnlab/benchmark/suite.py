@@ -51,6 +51,7 @@ class Case:
 @dataclass
 class Proc:
     seconds: float
+    cpu_s: float  # user + system time of the process
     max_rss_mb: float
     returncode: int
     output: str
@@ -77,7 +78,8 @@ def run_process(args: list[str], cwd: Path, env: dict[str, str], timeout: float 
         proc.returncode = os.waitstatus_to_exitcode(status)
         log.seek(0)
         # ru_maxrss is in KiB on Linux
-        return Proc(seconds, usage.ru_maxrss / 1024, proc.returncode, log.read(), started_at)
+        cpu = usage.ru_utime + usage.ru_stime
+        return Proc(seconds, cpu, usage.ru_maxrss / 1024, proc.returncode, log.read(), started_at)
 
 
 def stats(values: list[float]) -> dict:
@@ -154,23 +156,35 @@ def training_suite(cases: list[Case], root: Path, repeats: int, steps: int | Non
                 raw[case.name][kind].append(result)
                 log(
                     f"  [{rep + 1}/{repeats}] {case.name:18s} {kind:6s} {result['ms_per_step']:8.3f} ms/step "
+                    f"(CPU {result['cpu_ms_per_step']:7.3f}) "
                     f"{result['samples_per_s']:10.0f} samples/s  rss {result['max_rss_mb']:6.0f} MB"
                 )
     rows = []
     for case in cases:
         runs = raw[case.name]
-        ratios = [n["ms_per_step"] / p["ms_per_step"] for n, p in zip(runs["nnlab"], runs["plain"], strict=True)]
+        pairs = list(zip(runs["nnlab"], runs["plain"], strict=True))
+        ratios = [n["ms_per_step"] / p["ms_per_step"] for n, p in pairs]
+        cpu_ratios = [n["cpu_ms_per_step"] / p["cpu_ms_per_step"] for n, p in pairs]
         row = {"case": case.name, "experiment": case.experiment, "batch_size": runs["nnlab"][0].get("batch_size")}
         row["batch_size"] = case.batch_size or _configured_batch_size(case.experiment)
         row["steps"] = runs["nnlab"][0]["steps"]
         row["measured_steps"] = runs["nnlab"][0]["measured_steps"]
         for kind in ("nnlab", "plain"):
-            for key in ("ms_per_step", "samples_per_s", "max_rss_mb", "to_first_step_s", "first_step_s"):
+            for key in (
+                "ms_per_step",
+                "cpu_ms_per_step",
+                "samples_per_s",
+                "max_rss_mb",
+                "to_first_step_s",
+                "first_step_s",
+            ):
                 row[f"{kind}_{key}"] = stats([r[key] for r in runs[kind]])
         row["nnlab_fit_s"] = stats([r["fit_s"] for r in runs["nnlab"]])
         # The ratio of medians (robust to a slow repetition on a shared machine), and per pair.
         row["ratio"] = row["nnlab_ms_per_step"]["median"] / row["plain_ms_per_step"]["median"]
         row["ratio_per_pair"] = stats(ratios)
+        row["cpu_ratio"] = row["nnlab_cpu_ms_per_step"]["median"] / row["plain_cpu_ms_per_step"]["median"]
+        row["cpu_ratio_per_pair"] = stats(cpu_ratios)
         row["accelerator"] = runs["nnlab"][0]["accelerator"]
         rows.append(row)
     return rows
@@ -209,11 +223,12 @@ def startup_suite(stages: list[str], root: Path, repeats: int, log) -> list[dict
         row = {
             "stage": stage,
             "help_s": stats([p.seconds for p in times[stage]]),
+            "help_cpu_s": stats([p.cpu_s for p in times[stage]]),
             "max_rss_mb": stats([p.max_rss_mb for p in times[stage]]),
             "imports": json.loads(imported.stdout.strip().splitlines()[-1]) if imported.returncode == 0 else None,
         }
         log(
-            f"  {stage:14s} --help {row['help_s']['median']:.2f} s  rss {row['max_rss_mb']['median']:.0f} MB  {row['imports']}"
+            f"  {stage:14s} --help {row['help_s']['median']:.2f} s (CPU {row['help_cpu_s']['median']:.2f} s)  rss {row['max_rss_mb']['median']:.0f} MB  {row['imports']}"
         )
         rows.append(row)
     return rows

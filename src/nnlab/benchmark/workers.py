@@ -1,9 +1,11 @@
 """What runs inside one measured process: nnlab's training command with a step timer, or the
 plain PyTorch loop. Each writes one JSON file of timings; the parent measures RSS and wall time.
 
-Timings are perf_counter stamps taken at the end of every training step. ``ms_per_step`` is the
-time from the end of step ``warmup`` to the end of the last step, divided by the steps between:
-the steady state, data cutting, hooks and optimizer step included, warm-up excluded.
+Timings are perf_counter and process_time stamps taken at the end of every training step.
+``ms_per_step`` is the time from the end of step ``warmup`` to the end of the last step, divided
+by the steps between: the steady state, data cutting, hooks and optimizer step included, warm-up
+excluded. ``cpu_ms_per_step`` is the same for the CPU time of the whole process (all its
+threads): on a machine that other work shares, it moves far less than the wall time.
 ``first_step_at`` is the wall-clock time (time.time) the first step ended, so that the parent
 can tell the time from launching the process to the first step.
 """
@@ -17,19 +19,20 @@ import time
 from pathlib import Path
 
 
-def step_summary(stamps: list[float], warmup: int, batch_size: int, samples: int | None = None) -> dict:
-    """ms/step and samples/s of the steps after ``warmup`` (at least one step is measured)."""
+def step_summary(stamps: list[float], cpu: list[float], warmup: int, batch_size: int) -> dict:
+    """ms/step (wall and CPU) and samples/s of the steps after ``warmup`` (at least one step)."""
     steps = len(stamps)
     warmup = min(warmup, max(steps - 2, 0))
     measured = steps - 1 - warmup if steps > 1 else 0
-    seconds = stamps[-1] - stamps[warmup] if measured else float("nan")
-    ms_per_step = 1000 * seconds / measured if measured else float("nan")
+    nan = float("nan")
+    seconds = stamps[-1] - stamps[warmup] if measured else nan
     return {
         "steps": steps,
         "warmup_steps": warmup + 1,
         "measured_steps": measured,
-        "ms_per_step": ms_per_step,
-        "samples_per_s": batch_size * measured / seconds if measured else float("nan"),
+        "ms_per_step": 1000 * seconds / measured if measured else nan,
+        "cpu_ms_per_step": 1000 * (cpu[-1] - cpu[warmup]) / measured if measured else nan,
+        "samples_per_s": batch_size * measured / seconds if measured else nan,
     }
 
 
@@ -40,6 +43,7 @@ def _timer_callback(out: Path, warmup: int):
     class _StepTimer(L.Callback):
         def __init__(self):
             self.stamps: list[float] = []
+            self.cpu: list[float] = []
             self.first_step_at = self.fit_start = self.fit_start_at = self.train_end = None
             self.batch_size = 0
 
@@ -49,6 +53,7 @@ def _timer_callback(out: Path, warmup: int):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if trainer.current_epoch == 0:
                 self.stamps.append(time.perf_counter())
+                self.cpu.append(time.process_time())
                 if self.first_step_at is None:
                     self.first_step_at, self.batch_size = time.time(), len(batch[1])
 
@@ -57,7 +62,7 @@ def _timer_callback(out: Path, warmup: int):
                 self.train_end = time.perf_counter()
 
         def on_fit_end(self, trainer, pl_module):
-            result = step_summary(self.stamps, warmup, self.batch_size)
+            result = step_summary(self.stamps, self.cpu, warmup, self.batch_size)
             result.update(
                 first_step_at=self.first_step_at,
                 fit_start_at=self.fit_start_at,
@@ -124,6 +129,7 @@ def run_plain(out: Path, warmup: int, argv: list[str]) -> None:
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.data.seed))
     net.train()
     stamps: list[float] = []
+    cpu: list[float] = []
     started = time.perf_counter()
     first_step_at = None
     for step in range(steps):
@@ -135,8 +141,9 @@ def run_plain(out: Path, warmup: int, argv: list[str]) -> None:
         if scheduler is not None:
             scheduler.step()
         stamps.append(time.perf_counter())
+        cpu.append(time.process_time())
         if first_step_at is None:
             first_step_at = time.time()
-    result = step_summary(stamps, warmup, batch_size)
+    result = step_summary(stamps, cpu, warmup, batch_size)
     result.update(first_step_at=first_step_at, first_step_s=stamps[0] - started, accelerator="cpu")
     Path(out).write_text(json.dumps(result))

@@ -53,9 +53,10 @@ class RunningMean(nn.Module):
         self.register_buffer("weight", torch.zeros(()), persistent=False)
 
     def update(self, value: torch.Tensor, weight: int) -> None:
-        value = value.detach().float()
-        self.total += torch.where(torch.isnan(value), math.inf, value) * weight
-        self.weight += weight
+        # in place (add_, not +=: no nn.Module attribute assignment per step); nan -> inf only
+        value = torch.nan_to_num(value.detach().float(), nan=math.inf, posinf=math.inf, neginf=-math.inf)
+        self.total.add_(value.mul_(weight))
+        self.weight.add_(weight)
 
     def compute(self) -> torch.Tensor:
         total, weight = _summed(self.total, self.weight)
@@ -76,8 +77,8 @@ class RunningAccuracy(nn.Module):
         self.register_buffer("total", torch.zeros((), dtype=torch.long), persistent=False)
 
     def update(self, logits: torch.Tensor, y: torch.Tensor) -> None:
-        self.correct += (logits.detach().argmax(1) == y).sum()
-        self.total += y.numel()
+        self.correct.add_((logits.detach().argmax(1) == y).sum())
+        self.total.add_(y.numel())
 
     def compute(self) -> torch.Tensor:
         correct, total = _summed(self.correct, self.total)
