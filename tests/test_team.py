@@ -234,6 +234,10 @@ def _train_writer(args) -> tuple[int, subprocess.CompletedProcess]:
 @pytest.mark.slow
 def test_sixteen_concurrent_trainings_against_the_server(team, workspace):
     writers, epochs = 16, 5
+    started = time.perf_counter()
+    index, solo = _train_writer((99, workspace, team))  # one alone, for scale
+    assert solo.returncode == 0, solo.stderr[-2000:]
+    print(f"\none training alone: {time.perf_counter() - started:.1f} s")
     offset = log_offset(team)
     started = time.perf_counter()
     with ThreadPoolExecutor(writers) as pool:
