@@ -261,6 +261,33 @@ def test_sixteen_concurrent_trainings_against_the_server(team, workspace):
             assert sorted(steps) == list(range(1, epochs + 1)), (index, key, steps)
     assert server_errors(team, offset) == []
 
+    # the server alone: 16 client threads writing runs like a training does, without training
+    offset = log_offset(team)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(writers) as pool:
+        ids = list(pool.map(lambda i: _write_run(team.tracking_uri, f"client{i:03d}", epochs), range(4 * writers)))
+    wall = time.perf_counter() - started
+    print(f"server alone: {len(ids)} runs by {writers} threads in {wall:.1f} s, {len(ids) / wall:.2f} runs/s")
+    assert all(client.get_run(i).info.status == "FINISHED" for i in ids)
+    assert server_errors(team, offset) == []
+
+
+def _write_run(uri: str, name: str, epochs: int) -> str:
+    """What one training sends the server: a run, its params, one batch of metrics per epoch,
+    a small artifact, the end."""
+    from mlflow.entities import Metric, Param
+
+    client = MlflowClient(tracking_uri=uri)
+    run = client.create_run(client.get_experiment_by_name("nnlab").experiment_id, run_name=name)
+    run_id = run.info.run_id
+    client.log_batch(run_id, params=[Param(f"p{k}", str(k)) for k in range(40)])
+    for epoch in range(1, epochs + 1):
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(key, 0.5, now, epoch) for key in EPOCH_METRICS])
+    client.log_text(run_id, "epoch,val_acc\n", "history.csv")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
 
 def test_optuna_studies_share_the_database_named_by_the_env_file(team, monkeypatch):
     """What a sweep worker on any machine does with NNLAB_OPTUNA_STORAGE and PGPASSWORD."""
