@@ -109,7 +109,7 @@ def run_plain(out: Path, warmup: int, argv: list[str]) -> None:
     if cfg.trainer.deterministic:  # as Lightning sets it for the nnlab run
         torch.use_deterministic_algorithms(True, warn_only=cfg.trainer.deterministic == "warn")
     images, labels = mnist.load(Path(cfg.data.data_dir))["train"]
-    x = (torch.from_numpy(np.asarray(images)).float().div_(255.0) - cfg.data.mean) / cfg.data.std
+    x = torch.from_numpy(np.asarray(images)).float().div_(255.0).sub_(cfg.data.mean).div_(cfg.data.std)
     x = x.reshape(-1, *cfg.data.input_shape)
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     net = instantiate(cfg.model)

@@ -81,7 +81,9 @@ class CNN(nn.Module):
         for out_ch in channels:
             blocks += [
                 nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2),
-                nn.ReLU(),
+                # in place: the convolution's output is not kept twice (the largest tensors of an
+                # evaluation batch of 1000 images); the same values, and the gradients need only it
+                nn.ReLU(inplace=True),
                 nn.MaxPool2d(2),
             ]
             in_ch, height, width = out_ch, height // 2, width // 2
