@@ -71,14 +71,27 @@ def check(settings: Settings, secret_key: str | None = None) -> list[str]:
         raise ServiceError(NAME, f"{settings.s3_endpoint}: {error_text(exc)}") from None
 
 
+def volumes_ready(settings: Settings) -> bool:
+    """The volume server has reported to the master: until then the gateway lists buckets but
+    cannot read or write an object (after a restart, for a second or two)."""
+    import urllib.request
+
+    try:
+        url = f"http://{HOST}:{settings.weed_ports[0]}/dir/status"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())["Topology"].get("Max", 0) > 0
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 def _answers(settings: Settings) -> bool:
     try:
         check(settings)
-        return True
     except ServiceError as exc:
         if "SignatureDoesNotMatch" in str(exc) or "InvalidAccessKeyId" in str(exc):
             raise
         return False
+    return volumes_ready(settings)
 
 
 def write_identities(settings: Settings) -> Path:
