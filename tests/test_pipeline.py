@@ -67,8 +67,14 @@ def test_repro_runs_every_stage_and_writes_every_output(repo):
     assert all(f"| {name} |" in report for name in EXPERIMENTS)
     assert "| E3 | 98.68% |" in report  # the published figure beside mnist_cnn
     assert (repo / "reports" / "val_accuracy.png").read_bytes()[:4] == b"\x89PNG"
-    # every run was tracked in the store at the repository root
-    assert (repo / "mlflow.db").is_file()
+    # every run was tracked in the store at the repository root, and every model registered
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    for name in EXPERIMENTS:
+        champion = client.get_model_version_by_alias(f"nnlab-{name}", "champion")
+        run_id = json.loads((repo / "models" / name / "run.json").read_text())["mlflow_run_id"]
+        assert champion.run_id == run_id
 
 
 def test_second_repro_runs_nothing(repo):
