@@ -169,6 +169,7 @@ def test_dvc_exp_run_temp_and_queue_run_in_their_own_copy(repo):
     import sqlite3
 
     repo, _ = repo
+    _run(repo, "dvc", "repro")  # up to date first: each experiment then re-runs only the blobs stages
     _run(repo, "git", "add", "-A")
     _run(repo, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "before experiments")
     _run(repo, "dvc", "exp", "run", "--temp", "-n", "temp-600", "-S", "blobs.n_samples=600")
