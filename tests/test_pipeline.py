@@ -163,6 +163,7 @@ def _exp_rows(repo) -> dict[str, dict]:
     return rows
 
 
+@pytest.mark.slow  # about 3 minutes: three experiments, each in its own copy of the repository
 def test_dvc_exp_run_temp_and_queue_run_in_their_own_copy(repo):
     """`--temp` and `--queue` run in a copy under .dvc/tmp/exps/ (DVC_ROOT names this repository):
     each reads its own -S values and writes its own outputs; runs land in this repository's store."""
