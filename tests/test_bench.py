@@ -31,11 +31,14 @@ def test_a_tiny_benchmark_writes_json_and_markdown(project, tmp_path):
     assert bench["machine"]["torch_threads"] == 1
     [row] = bench["training"]
     assert (row["case"], row["batch_size"], row["steps"], row["measured_steps"]) == ("mnist_mlp@32", 32, 12, 9)
-    for kind in ("nnlab", "plain"):
+    for kind in ("nnlab", "lightning", "plain"):
         for key in ("ms_per_step", "cpu_ms_per_step", "samples_per_s", "max_rss_mb", "to_first_step_s", "first_step_s"):
             assert _positive(row[f"{kind}_{key}"]), (kind, key, row[f"{kind}_{key}"])
     assert row["ratio"] > 0 and _positive(row["ratio_per_pair"])
     assert row["cpu_ratio"] > 0 and _positive(row["cpu_ratio_per_pair"])
+    for name, top, bottom in (("lightning_", "lightning", "plain"), ("structure_", "nnlab", "lightning")):
+        medians = row[f"{top}_ms_per_step"]["median"] / row[f"{bottom}_ms_per_step"]["median"]
+        assert math.isclose(row[f"{name}ratio"], medians) and _positive(row[f"{name}ratio_per_pair"])
     # samples/s and ms/step describe the same steps
     assert math.isclose(row["nnlab_samples_per_s"]["median"] * row["nnlab_ms_per_step"]["median"] / 1000, 32)
     assert [s["stage"] for s in bench["startup"]] == ["prepare_blobs", "compare"]

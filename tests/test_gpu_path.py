@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from nnlab.data.modules import TensorBatches, random_shift
+from nnlab.data.tensors import TensorBatches, random_shift
 from nnlab.models.module import Classifier, RunningAccuracy, RunningMean, fast_optimizer_options
 from nnlab.models.networks import CNN
 from nnlab.train import train

@@ -1,6 +1,7 @@
 """Speed benchmark: ``python -m nnlab.bench`` (``make bench``).
 
-Times nnlab's real training command against a plain PyTorch loop on the same tensors (linear,
+Times nnlab's real training command against a plain PyTorch loop on the same tensors and against
+nlab's module in a bare Lightning Trainer (what Lightning's loop costs by itself) (linear,
 MLP, CNN at their configured batch sizes, and the MLP at batch 64), the start-up of every stage
 command, and a cold and a warm ``dvc repro`` of a small configuration. Every measurement runs in
 its own process; repetitions are interleaved; the tables give the median (min–max). Writes
@@ -23,6 +24,7 @@ from pathlib import Path
 
 DEFAULT_CASES = "linear,mlp,cnn,mlp@64"
 PARTS = ("training", "startup", "pipeline")
+KINDS = ("plain", "lightning", "nnlab")  # what each training case measures (nnlab.benchmark.workers)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -52,7 +54,7 @@ def parser() -> argparse.ArgumentParser:
         "--override", action="append", default=[], help="a Hydra override for every training case (repeatable)"
     )
     p.add_argument("--out-dir", default=None, help="where bench.json and bench.md go (default: <root>/reports)")
-    p.add_argument("--worker", choices=["nnlab", "plain"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=list(KINDS), help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     return p
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:  # one measured process (see nnlab.benchmark.workers)
         from nnlab.benchmark import workers
 
-        run = workers.run_nnlab if args.worker == "nnlab" else workers.run_plain
+        run = {"nnlab": workers.run_nnlab, "lightning": workers.run_lightning, "plain": workers.run_plain}[args.worker]
         run(Path(args.worker_out), args.warmup, args.overrides)
         return
     from nnlab.benchmark import report, suite

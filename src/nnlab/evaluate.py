@@ -20,8 +20,8 @@ PROG = "nnlab.evaluate"
 
 def evaluate(cfg: DictConfig) -> dict:
     import torch  # here, not at the top: --help and config errors need no torch
-    from hydra.utils import instantiate
 
+    from nnlab.data.tensors import plain_data
     from nnlab.models.checkpoint import load_network
     from nnlab.training.evaluation import score_and_write
 
@@ -33,7 +33,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.logger.get("mlflow"):  # MLflow is imported only when tracking
         from nnlab.tracking import record
     run_id = record.evaluation_run_id(out.models) if record else None  # before scoring: a stale one stops here
-    datamodule = instantiate(cfg.data)
+    datamodule = plain_data(cfg.data)  # no Lightning: scoring needs no Trainer
     device = "cuda" if torch.cuda.is_available() else "cpu"
     metrics, files = score_and_write(net.to(device), datamodule, cfg.name, out.metrics, out.plots)
     if run_id:
@@ -57,7 +57,7 @@ def _task(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    hydra_main(PROG, _task)
+    hydra_main(PROG, _task, quick_exit=True)
 
 
 if __name__ == "__main__":

@@ -204,4 +204,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from nnlab.config.process import exit_now  # no second of torch's teardown after the answer
+
+    exit_now(main())

@@ -83,20 +83,25 @@ def markdown(result: dict) -> str:
             "",
             "nnlab: `python -m nnlab.train experiment=<case>` as the DVC stage runs it (Trainer, module, data "
             "module, callbacks, checkpoints, MLflow run). Plain: the same network, optimizer, schedule, seed, "
-            "batch size and tensors in a bare loop. ms/step is the steady state after "
-            f"{opts['warmup']} warm-up steps (wall clock); CPU ratio: the same from the process's CPU time, "
+            "batch size and tensors in a bare loop. Lightning: nnlab's module and data module in a bare "
+            "Lightning Trainer (no callbacks, logger, checkpoints, progress bar or MLflow), so that "
+            "Lightning/plain is the cost of Lightning's own loop and nnlab/Lightning what nnlab's structure adds "
+            "to it. ms/step is the steady state after "
+            f"{opts['warmup']} warm-up steps (wall clock); CPU ratio: nnlab/plain from the process's CPU time, "
             "which load from other processes moves far less; first step: seconds from launching the process "
             "to the end of its first step; RSS: peak of the whole process.",
             "",
-            "| case | batch | steps | plain ms/step | nnlab ms/step | ratio | CPU ratio | nnlab samples/s "
+            "| case | batch | steps | plain ms/step | Lightning ms/step | nnlab ms/step | nnlab/plain | CPU ratio "
+            "| Lightning/plain | nnlab/Lightning | nnlab samples/s "
             "| plain RSS MB | nnlab RSS MB | plain first step s | nnlab first step s |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in result["training"]:
             lines.append(
                 f"| {r['case']} | {r['batch_size']} | {r['measured_steps']} | {_range(r['plain_ms_per_step'])} | "
-                f"{_range(r['nnlab_ms_per_step'])} | **{r['ratio']:.2f}** | **{r['cpu_ratio']:.2f}** | "
-                f"{_range(r['nnlab_samples_per_s'], 0)} | "
+                f"{_range(r['lightning_ms_per_step'])} | {_range(r['nnlab_ms_per_step'])} | "
+                f"**{r['ratio']:.2f}** | {r['cpu_ratio']:.2f} | {r['lightning_ratio']:.2f} | "
+                f"{r['structure_ratio']:.2f} | {_range(r['nnlab_samples_per_s'], 0)} | "
                 f"{_range(r['plain_max_rss_mb'], 0)} | {_range(r['nnlab_max_rss_mb'], 0)} | "
                 f"{_range(r['plain_to_first_step_s'], 1)} | {_range(r['nnlab_to_first_step_s'], 1)} |"
             )

@@ -125,7 +125,7 @@ def _case_overrides(case: Case, steps: int | None) -> list[str]:
 
 def measure_training(case: Case, kind: str, root: Path, steps: int | None, warmup: int, env: dict) -> dict:
     """One process: kind ``nnlab`` (the training command as a DVC stage runs it, with its MLflow
-    run, checkpoints and validation) or ``plain``. Returns the worker's timings plus the
+    run, checkpoints and validation), ``lightning`` (nnlab's module in a bare Trainer) or ``plain``. Returns the worker's timings plus the
     process's peak RSS, wall time and the time from launch to the end of the first step."""
     out = root / f"timing-{kind}-{case.name}-{time.time_ns()}.json"
     overrides = _case_overrides(case, steps)
@@ -145,49 +145,58 @@ def measure_training(case: Case, kind: str, root: Path, steps: int | None, warmu
     return result
 
 
+KINDS = ("plain", "lightning", "nnlab")
+TIMINGS = ("ms_per_step", "cpu_ms_per_step", "samples_per_s", "max_rss_mb", "to_first_step_s", "first_step_s")
+
+
 def training_suite(cases: list[Case], root: Path, repeats: int, steps: int | None, warmup: int, log) -> list[dict]:
-    """Every case's nnlab and plain runs, interleaved: one of each per case, then again."""
+    """Every case's plain, bare-Lightning and nnlab runs, interleaved (the order rotating from
+    one repetition to the next, so that none is always first after another case)."""
     env = child_env(root)
-    raw: dict[str, dict[str, list[dict]]] = {c.name: {"nnlab": [], "plain": []} for c in cases}
+    raw: dict[str, dict[str, list[dict]]] = {c.name: {k: [] for k in KINDS} for c in cases}
     for rep in range(repeats):
         for case in cases:
-            for kind in ("plain", "nnlab") if rep % 2 == 0 else ("nnlab", "plain"):
+            for kind in KINDS[rep % 3 :] + KINDS[: rep % 3]:
                 result = measure_training(case, kind, root, steps, warmup, env)
                 raw[case.name][kind].append(result)
                 log(
-                    f"  [{rep + 1}/{repeats}] {case.name:18s} {kind:6s} {result['ms_per_step']:8.3f} ms/step "
+                    f"  [{rep + 1}/{repeats}] {case.name:18s} {kind:9s} {result['ms_per_step']:8.3f} ms/step "
                     f"(CPU {result['cpu_ms_per_step']:7.3f}) "
                     f"{result['samples_per_s']:10.0f} samples/s  rss {result['max_rss_mb']:6.0f} MB"
                 )
-    rows = []
-    for case in cases:
-        runs = raw[case.name]
-        pairs = list(zip(runs["nnlab"], runs["plain"], strict=True))
-        ratios = [n["ms_per_step"] / p["ms_per_step"] for n, p in pairs]
-        cpu_ratios = [n["cpu_ms_per_step"] / p["cpu_ms_per_step"] for n, p in pairs]
-        row = {"case": case.name, "experiment": case.experiment, "batch_size": runs["nnlab"][0].get("batch_size")}
-        row["batch_size"] = case.batch_size or _configured_batch_size(case.experiment)
-        row["steps"] = runs["nnlab"][0]["steps"]
-        row["measured_steps"] = runs["nnlab"][0]["measured_steps"]
-        for kind in ("nnlab", "plain"):
-            for key in (
-                "ms_per_step",
-                "cpu_ms_per_step",
-                "samples_per_s",
-                "max_rss_mb",
-                "to_first_step_s",
-                "first_step_s",
-            ):
-                row[f"{kind}_{key}"] = stats([r[key] for r in runs[kind]])
-        row["nnlab_fit_s"] = stats([r["fit_s"] for r in runs["nnlab"]])
-        # The ratio of medians (robust to a slow repetition on a shared machine), and per pair.
-        row["ratio"] = row["nnlab_ms_per_step"]["median"] / row["plain_ms_per_step"]["median"]
-        row["ratio_per_pair"] = stats(ratios)
-        row["cpu_ratio"] = row["nnlab_cpu_ms_per_step"]["median"] / row["plain_cpu_ms_per_step"]["median"]
-        row["cpu_ratio_per_pair"] = stats(cpu_ratios)
-        row["accelerator"] = runs["nnlab"][0]["accelerator"]
-        rows.append(row)
-    return rows
+    return [_training_row(case, raw[case.name]) for case in cases]
+
+
+def _ratios(runs: dict[str, list[dict]], top: str, bottom: str, key: str) -> tuple[float, dict]:
+    """The ratio of the medians (robust to a slow repetition on a shared machine), and per pair."""
+    median = statistics.median(r[key] for r in runs[top]) / statistics.median(r[key] for r in runs[bottom])
+    pairs = [a[key] / b[key] for a, b in zip(runs[top], runs[bottom], strict=True)]
+    return median, stats(pairs)
+
+
+def _training_row(case: Case, runs: dict[str, list[dict]]) -> dict:
+    row = {
+        "case": case.name,
+        "experiment": case.experiment,
+        "batch_size": case.batch_size or _configured_batch_size(case.experiment),
+        "steps": runs["nnlab"][0]["steps"],
+        "measured_steps": runs["nnlab"][0]["measured_steps"],
+        "accelerator": runs["nnlab"][0]["accelerator"],
+    }
+    for kind in KINDS:
+        for key in TIMINGS:
+            row[f"{kind}_{key}"] = stats([r[key] for r in runs[kind]])
+    row["nnlab_fit_s"] = stats([r["fit_s"] for r in runs["nnlab"]])
+    # ratio: nnlab / plain (the goal); lightning_ratio: Lightning's own loop / plain;
+    # structure_ratio: nnlab / bare Lightning (what nnlab's callbacks, logging and MLflow add)
+    for name, top, bottom in (
+        ("", "nnlab", "plain"),
+        ("lightning_", "lightning", "plain"),
+        ("structure_", "nnlab", "lightning"),
+    ):
+        row[f"{name}ratio"], row[f"{name}ratio_per_pair"] = _ratios(runs, top, bottom, "ms_per_step")
+        row[f"{name}cpu_ratio"], row[f"{name}cpu_ratio_per_pair"] = _ratios(runs, top, bottom, "cpu_ms_per_step")
+    return row
 
 
 def _configured_batch_size(experiment: str) -> int | None:

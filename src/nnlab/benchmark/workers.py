@@ -92,6 +92,35 @@ def run_nnlab(out: Path, warmup: int, argv: list[str]) -> None:
     runpy.run_module("nnlab.train", run_name="__main__", alter_sys=True)
 
 
+def run_lightning(out: Path, warmup: int, argv: list[str]) -> None:
+    """Lightning's own cost: nnlab's module (network, optimizer, schedule, epoch metrics) and data
+    module in a Trainer with nothing else: no callbacks but the step timer, no logger,
+    checkpoint, progress bar or validation, no MLflow. Against the plain loop it measures what
+    Lightning's loop costs per step; against nnlab, what nnlab's structure adds to it."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from nnlab.config.compose import compose_config
+    from nnlab.training.allocator import reuse_freed_memory
+    from nnlab.training.fit import build_module
+
+    reuse_freed_memory()
+    cfg = compose_config(argv)
+    L.seed_everything(cfg.seed, verbose=False)
+    keep = ("accelerator", "devices", "precision", "deterministic", "limit_train_batches")
+    trainer = L.Trainer(
+        **{key: cfg.trainer[key] for key in keep},
+        max_epochs=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[_timer_callback(out, warmup)],
+    )
+    trainer.fit(build_module(cfg), datamodule=instantiate(cfg.data))
+
+
 def run_plain(out: Path, warmup: int, argv: list[str]) -> None:
     """The physical limit of this design: the same config's network, optimizer, schedule, loss,
     seed, batch size and tensors (MNIST scaled as the data module does), in a minimal loop. No
@@ -102,7 +131,9 @@ def run_plain(out: Path, warmup: int, argv: list[str]) -> None:
 
     from nnlab.config.compose import compose_config
     from nnlab.data import mnist
+    from nnlab.training.allocator import reuse_freed_memory
 
+    reuse_freed_memory()  # as nnlab.train does: both measured with the same allocator settings
     cfg = compose_config(argv)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)

@@ -11,6 +11,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from nnlab.config.errors import fail, one_line
 from nnlab.config.paths import conf_dir, register_resolvers
+from nnlab.config.process import exit_now
 from nnlab.config.schema import ConfigError, allowed_keys, validate
 from nnlab.tracking.credentials import strip_override
 
@@ -82,9 +83,11 @@ def help_text(prog: str, argv: list[str]) -> str:
     return "\n".join(lines)
 
 
-def hydra_main(prog: str, task: Callable[[DictConfig], object]) -> None:
+def hydra_main(prog: str, task: Callable[[DictConfig], object], quick_exit: bool = False) -> None:
     """Run ``task`` as ``@hydra.main`` would, after the checks: credentials out of the command
-    line (Hydra copies it into .hydra/ and the run's config) and one-line config errors."""
+    line (Hydra copies it into .hydra/ and the run's config) and one-line config errors.
+    ``quick_exit``: a single run that finished leaves through ``exit_now`` (sweeps never do:
+    their launchers' workers are shut down by the interpreter's own exit)."""
     if any(a in HELP_FLAGS for a in sys.argv[1:]):
         print(help_text(prog, [strip_override(a) for a in sys.argv[1:]]))
         sys.exit(0)
@@ -93,4 +96,15 @@ def hydra_main(prog: str, task: Callable[[DictConfig], object]) -> None:
     sys.argv[1:] = [strip_override(a) for a in sys.argv[1:]]
     register_resolvers()
     precheck(prog, sys.argv[1:])
-    hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")(task)()
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    single = []
+
+    def run(cfg: DictConfig) -> object:
+        single.append(HydraConfig.get().mode == RunMode.RUN)
+        return task(cfg)
+
+    hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")(run)()
+    if quick_exit and single == [True]:
+        exit_now()

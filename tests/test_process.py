@@ -1,0 +1,128 @@
+"""What a stage process does around its work: the allocator keeps freed tensors' memory (no page
+faults for every step's tensors), a finished run leaves without the interpreter's teardown but
+with its exit handlers run, threads joined and output flushed, and evaluation builds its data
+without Lightning. Each in a fresh interpreter; nothing is timed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers import REPO, run_module, venv_env
+
+# A 20 MiB tensor allocated and freed; glibc's own account (mallinfo2) of where it came from.
+ALLOCATION = """
+import ctypes, json, sys, torch
+from nnlab.training.allocator import reuse_freed_memory
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+took = reuse_freed_memory() if sys.argv[1] == "tuned" else None
+before = libc.mallinfo2().hblkhd
+tensor = torch.empty(5 << 20)
+held = libc.mallinfo2()
+del tensor
+freed = libc.mallinfo2()
+print(json.dumps({"took": took, "mapped": (held.hblkhd - before) >> 20, "kept_free": freed.fordblks >> 20}))
+"""
+
+
+def _allocation(mode: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-c", ALLOCATION, mode], capture_output=True, text=True, env=venv_env(), cwd=REPO, check=True
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_the_tuned_allocator_keeps_freed_tensors_memory_for_the_next_step():
+    """By default glibc maps a block this large afresh (and unmaps it when freed: the next step
+    takes a page fault per 4 KiB of it); tuned, it comes from the heap and stays there, free."""
+    default, tuned = _allocation("default"), _allocation("tuned")
+    assert default == {"took": None, "mapped": 20, "kept_free": 0}
+    assert tuned["took"] is True and tuned["mapped"] == 0 and tuned["kept_free"] >= 20, tuned
+
+
+EXIT = """
+import atexit, sys, threading, time
+from pathlib import Path
+from nnlab.config.process import exit_now
+out = Path(sys.argv[1])
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+def late():
+    time.sleep(0.3)
+    (out / "thread").write_text("joined")
+threading.Thread(target=late).start()
+print("buffered on a pipe", end="")
+exit_now(3)
+print("never")
+"""
+
+
+def test_exit_now_runs_exit_handlers_joins_threads_flushes_and_keeps_the_code(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", EXIT, str(tmp_path)], capture_output=True, text=True, env=venv_env(), cwd=REPO
+    )
+    assert proc.returncode == 3
+    assert proc.stdout == "buffered on a pipe"
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert (tmp_path / "thread").read_text() == "joined"
+
+
+def test_a_finished_training_and_evaluation_leave_their_run_complete(project):
+    """train and evaluate end through exit_now: the MLflow run is FINISHED with its metrics,
+    model and test results; both exit 0 with their summaries printed."""
+    import mlflow
+
+    train = run_module(
+        "nnlab.train",
+        "experiment=blobs_linear",
+        "trainer=cpu",
+        "trainer.max_epochs=2",
+        "outputs=canonical",
+        cwd=project,
+    )
+    assert train.returncode == 0, train.stderr[-2000:]
+    assert "best val acc" in train.stdout
+    evaluate = run_module("nnlab.evaluate", "experiment=blobs_linear", cwd=project)
+    assert evaluate.returncode == 0, evaluate.stderr[-2000:]
+    assert "test accuracy" in evaluate.stdout
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    [run] = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.info.status == "FINISHED"
+    assert (
+        run.data.metrics["test_acc"] == json.loads((project / "metrics/blobs_linear/test.json").read_text())["test_acc"]
+    )
+    assert {"val_acc", "train_loss"} <= set(run.data.metrics)
+
+
+@pytest.mark.parametrize("experiment", ["mnist_cnn", "blobs_linear"])
+def test_evaluation_data_is_the_training_data_without_lightning(compose, experiment, tmp_path):
+    """evaluate's plain_data gives the test split the training's Lightning data module holds,
+    tensor for tensor, in an interpreter that never imports Lightning."""
+    code = (
+        "import sys, torch\n"
+        "from nnlab.config.compose import compose_config\n"
+        "from nnlab.data.tensors import plain_data\n"
+        f"data = plain_data(compose_config(['experiment={experiment}']).data)\n"
+        "data.setup('test')\n"
+        "assert 'lightning' not in sys.modules, 'lightning was imported'\n"
+        "x, y = data.splits['test']\n"
+        "torch.save({'x': x, 'y': y, 'kind': type(data).__name__}, sys.argv[1])\n"
+    )
+    out = tmp_path / "plain.pt"
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, env=venv_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    plain = torch.load(out, weights_only=True)
+    from hydra.utils import instantiate
+
+    module = instantiate(compose(f"experiment={experiment}").data)  # what the training uses
+    module.setup("fit")
+    x, y = module.splits["test"]
+    assert plain["kind"] == type(module).__name__.replace("DataModule", "Data")
+    assert torch.equal(plain["x"], x) and torch.equal(plain["y"], y)
