@@ -492,7 +492,7 @@ def test_config_that_fits_the_data(mnist_dir, blobs_dir):
     assert tuple(module.splits["val"][0].shape) == (100, 2) and int(module.splits["train"][1].max()) == 2
     BlobsDataModule(str(blobs_dir), input_shape=[2], num_classes=4).setup()  # an unused output is allowed
     assert math.isclose(
-        float(flat.splits["val"][0].mean()),
+        float(flat.inputs("val")[0].mean()),
         float(((mnist.load(mnist_dir)["val"][0] / 255.0 - 0.1307) / 0.3081).mean()),
         rel_tol=1e-5,
     )

@@ -20,7 +20,7 @@ def test_a_tiny_benchmark_writes_json_and_markdown(project, tmp_path):
     result = run_module(
         "nnlab.bench",
         *("--models", "mlp@32", "--repeats", "1", "--steps", "12", "--warmup", "2", "--threads", "1"),
-        *("--parts", "training,startup", "--stages", "prepare_blobs,compare", "--out-dir", out),
+        *("--parts", "training,profile,startup", "--stages", "prepare_blobs,compare", "--out-dir", out),
         cwd=project,
         timeout=240,
         NNLAB_ROOT=str(project),
@@ -41,11 +41,23 @@ def test_a_tiny_benchmark_writes_json_and_markdown(project, tmp_path):
         assert math.isclose(row[f"{name}ratio"], medians) and _positive(row[f"{name}ratio_per_pair"])
     # samples/s and ms/step describe the same steps
     assert math.isclose(row["nnlab_samples_per_s"]["median"] * row["nnlab_ms_per_step"]["median"] / 1000, 32)
+    [profile] = bench["profile"]
+    assert profile["case"] == "mnist_mlp@32" and profile["profiled_steps"] == 10  # steps 2..11
+    assert math.isclose(sum(profile["parts"].values()), profile["ms_per_step"])
+    assert all(value >= 0 for value in profile["parts"].values()) and profile["ms_per_step"] > 0
+    lightning = [part for part in profile["parts"] if part.startswith("Lightning:")]
+    assert "Lightning: hook dispatch" in lightning and "C: torch kernels, builtins" in profile["parts"]
+    assert profile["lightning_top"] and all(name.startswith("lightning/") for name, _ in profile["lightning_top"])
     assert [s["stage"] for s in bench["startup"]] == ["prepare_blobs", "compare"]
     for stage in bench["startup"]:
         assert _positive(stage["help_s"]) and _positive(stage["help_cpu_s"]) and _positive(stage["max_rss_mb"])
         assert "lightning" not in stage["imports"] and "mlflow" not in stage["imports"]
     markdown = (out / "bench.md").read_text()
-    assert "| mnist_mlp@32 | 32 | 9 |" in markdown and "| compare |" in markdown and bench["machine"]["cpu"] in markdown
+    assert (
+        "| mnist_mlp@32 | 32 | 9 |" in markdown
+        and "| Lightning: hook dispatch |" in markdown
+        and "| compare |" in markdown
+        and bench["machine"]["cpu"] in markdown
+    )
     # the run wrote nothing into the project's own outputs
     assert not (project / "mlflow.db").exists() and not (project / "logs").exists()

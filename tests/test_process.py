@@ -112,7 +112,7 @@ def test_evaluation_data_is_the_training_data_without_lightning(compose, experim
         f"data = plain_data(compose_config(['experiment={experiment}']).data)\n"
         "data.setup('test')\n"
         "assert 'lightning' not in sys.modules, 'lightning was imported'\n"
-        "x, y = data.splits['test']\n"
+        "x, y = data.inputs('test')\n"
         "torch.save({'x': x, 'y': y, 'kind': type(data).__name__}, sys.argv[1])\n"
     )
     out = tmp_path / "plain.pt"
@@ -123,6 +123,6 @@ def test_evaluation_data_is_the_training_data_without_lightning(compose, experim
 
     module = instantiate(compose(f"experiment={experiment}").data)  # what the training uses
     module.setup("fit")
-    x, y = module.splits["test"]
+    x, y = module.inputs("test")
     assert plain["kind"] == type(module).__name__.replace("DataModule", "Data")
     assert torch.equal(plain["x"], x) and torch.equal(plain["y"], y)

@@ -23,8 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 DEFAULT_CASES = "linear,mlp,cnn,mlp@64"
-PARTS = ("training", "startup", "pipeline")
-KINDS = ("plain", "lightning", "nnlab")  # what each training case measures (nnlab.benchmark.workers)
+PARTS = ("training", "profile", "startup", "pipeline")
+KINDS = ("plain", "lightning", "nnlab", "profile")  # the measured processes (nnlab.benchmark.workers)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -65,7 +65,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:  # one measured process (see nnlab.benchmark.workers)
         from nnlab.benchmark import workers
 
-        run = {"nnlab": workers.run_nnlab, "lightning": workers.run_lightning, "plain": workers.run_plain}[args.worker]
+        run = {
+            "nnlab": workers.run_nnlab,
+            "lightning": workers.run_lightning,
+            "plain": workers.run_plain,
+            "profile": workers.run_profile,
+        }[args.worker]
         run(Path(args.worker_out), args.warmup, args.overrides)
         return
     from nnlab.benchmark import report, suite
@@ -78,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     steps = args.steps or (150 if args.quick else None)
     parts = [p for p in args.parts.split(",") if p]
     if args.quick and args.parts == ",".join(PARTS):
-        parts = ["training", "startup"]
+        parts = ["training", "profile", "startup"]
     unknown = set(parts) - set(PARTS)
     if unknown:
         sys.exit(f"nnlab.bench: error: --parts: unknown {sorted(unknown)}; choose from {', '.join(PARTS)}")
@@ -112,6 +117,9 @@ def main(argv: list[str] | None = None) -> None:
             if not (root / "data" / "mnist" / "manifest.json").is_file():
                 sys.exit("nnlab.bench: error: no prepared MNIST in data/mnist: run `dvc repro prepare_mnist` first")
             result["training"] = suite.training_suite(cases, scratch, repeats, steps, args.warmup, log)
+        if "profile" in parts:
+            log(f"profile ({len(cases)} cases, the bare Lightning run under cProfile)")
+            result["profile"] = suite.profile_suite(cases, scratch, steps, args.warmup, log)
         if "startup" in parts:
             log(f"start-up ({len(stages)} stages x {repeats} repetitions)")
             result["startup"] = suite.startup_suite(stages, scratch, repeats, log)

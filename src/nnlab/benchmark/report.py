@@ -105,6 +105,8 @@ def markdown(result: dict) -> str:
                 f"{_range(r['plain_max_rss_mb'], 0)} | {_range(r['nnlab_max_rss_mb'], 0)} | "
                 f"{_range(r['plain_to_first_step_s'], 1)} | {_range(r['nnlab_to_first_step_s'], 1)} |"
             )
+    if result.get("profile"):
+        lines += _profile_tables(result["profile"])
     if result.get("startup"):
         lines += [
             "",
@@ -132,6 +134,37 @@ def markdown(result: dict) -> str:
             f"| {_range(p['cold_s'], 1)} s | {_range(p['warm_s'], 1)} s |",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _profile_tables(rows: list[dict]) -> list[str]:
+    """Self time per step of each part of a bare Lightning step, under cProfile, per case."""
+    parts = list(dict.fromkeys(part for row in rows for part in row["parts"]))
+    lines = [
+        "",
+        "## Where a step's time goes: the bare Lightning run under cProfile",
+        "",
+        "Self time per step (ms) of each part, from the warm-up to the end of the first epoch. Profiling slows "
+        "Python code far more than torch's C++ kernels, so the shares overstate the Python parts; "
+        "the Lightning/plain ratio above is the unprofiled cost.",
+        "",
+        "| part | " + " | ".join(row["case"] for row in rows) + " |",
+        "| --- |" + " --- |" * len(rows),
+    ]
+    for part in parts:
+        cells = []
+        for row in rows:
+            value = row["parts"].get(part, 0.0)
+            cells.append(f"{value:.3f} ({100 * value / row['ms_per_step']:.0f} %)")
+        lines.append(f"| {part} | " + " | ".join(cells) + " |")
+    lines.append("| **all (profiled)** | " + " | ".join(f"**{row['ms_per_step']:.3f}**" for row in rows) + " |")
+    first = rows[0]
+    lines += [
+        "",
+        f"Lightning's costliest functions in {first['case']} (self ms per step):",
+        "",
+        *(f"- `{name}` {ms:.3f}" for name, ms in first["lightning_top"]),
+    ]
+    return lines
 
 
 def write(result: dict, out_dir: Path) -> tuple[Path, Path]:

@@ -140,7 +140,7 @@ def measure_training(case: Case, kind: str, root: Path, steps: int | None, warmu
     result.update(
         process_s=proc.seconds,
         max_rss_mb=proc.max_rss_mb,
-        to_first_step_s=result["first_step_at"] - proc.started_at,
+        to_first_step_s=result["first_step_at"] - proc.started_at if "first_step_at" in result else None,
     )
     return result
 
@@ -197,6 +197,21 @@ def _training_row(case: Case, runs: dict[str, list[dict]]) -> dict:
         row[f"{name}ratio"], row[f"{name}ratio_per_pair"] = _ratios(runs, top, bottom, "ms_per_step")
         row[f"{name}cpu_ratio"], row[f"{name}cpu_ratio_per_pair"] = _ratios(runs, top, bottom, "cpu_ms_per_step")
     return row
+
+
+def profile_suite(cases: list[Case], root: Path, steps: int | None, warmup: int, log) -> list[dict]:
+    """Each case's bare Lightning run once under cProfile: the self time per step of each part
+    (profiling inflates Python code more than C++ kernels: compare parts, not absolute times)."""
+    env = child_env(root)
+    rows = []
+    for case in cases:
+        result = measure_training(case, "profile", root, steps, warmup, env)
+        rows.append(
+            {"case": case.name, **{k: result[k] for k in ("profiled_steps", "ms_per_step", "parts", "lightning_top")}}
+        )
+        lightning = sum(v for k, v in result["parts"].items() if k.startswith("Lightning"))
+        log(f"  {case.name:18s} {result['ms_per_step']:.3f} ms/step profiled, Lightning's own code {lightning:.3f}")
+    return rows
 
 
 def _configured_batch_size(experiment: str) -> int | None:

@@ -92,7 +92,81 @@ def run_nnlab(out: Path, warmup: int, argv: list[str]) -> None:
     runpy.run_module("nnlab.train", run_name="__main__", alter_sys=True)
 
 
-def run_lightning(out: Path, warmup: int, argv: list[str]) -> None:
+# Where the self time of a profiled step goes: the first matching path fragment names the part.
+PARTS = (
+    ("/lightning/pytorch/loops/fetchers", "Lightning: batch fetching"),
+    ("/lightning/pytorch/loops/optimization", "Lightning: optimization loop, closure"),
+    ("/lightning/pytorch/loops/", "Lightning: training loop, progress"),
+    ("/lightning/pytorch/trainer/call.py", "Lightning: hook dispatch"),
+    ("/lightning/pytorch/core/optimizer", "Lightning: optimizer wrapper"),
+    ("/lightning/pytorch/strategies/", "Lightning: strategy"),
+    ("/lightning/pytorch/plugins/precision", "Lightning: precision plugin"),
+    ("/lightning/pytorch/trainer/connectors/logger_connector", "Lightning: logging connector"),
+    ("/lightning/", "Lightning: other"),
+    ("/torch/optim/", "torch: optimizer (Python)"),
+    ("/torch/", "torch: modules, autograd (Python)"),
+    ("/nnlab/", "nnlab: module, metrics, batches"),
+)
+
+
+def part_of(filename: str) -> str:
+    if filename == "~":  # a C function: torch's kernels, and builtins
+        return "C: torch kernels, builtins"
+    path = filename.replace("\\", "/")
+    return next((label for fragment, label in PARTS if fragment in path), "other Python")
+
+
+def _profile_callback(out: Path, warmup: int):
+    """cProfile from step ``warmup`` to the end of the first epoch; writes, per step, the self
+    time of each part (PARTS) and Lightning's ten costliest functions."""
+    import cProfile
+    import pstats
+
+    import lightning as L
+
+    class _Profile(L.Callback):
+        def __init__(self):
+            self.profile, self.steps = cProfile.Profile(), 0
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.current_epoch == 0 and batch_idx == warmup:
+                self.profile.enable()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.current_epoch == 0 and batch_idx >= warmup:
+                self.steps += 1
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch:
+                return
+            self.profile.disable()
+            entries = pstats.Stats(self.profile).stats  # (file, line, name) -> (cc, nc, tottime, cumtime, callers)
+            parts: dict[str, float] = {}
+            lightning = []
+            for (filename, line, name), (_, _, tottime, _, _) in entries.items():
+                per_step = 1000 * tottime / max(self.steps, 1)
+                parts[part_of(filename)] = parts.get(part_of(filename), 0.0) + per_step
+                if "/lightning/" in filename.replace("\\", "/"):
+                    where = filename.replace("\\", "/").split("/lightning/", 1)[1]
+                    lightning.append((f"lightning/{where}:{line}({name})", per_step))
+            lightning.sort(key=lambda item: -item[1])
+            result = {
+                "profiled_steps": self.steps,
+                "ms_per_step": sum(parts.values()),
+                "parts": dict(sorted(parts.items(), key=lambda item: -item[1])),
+                "lightning_top": lightning[:10],
+            }
+            Path(out).write_text(json.dumps(result))
+
+    return _Profile()
+
+
+def run_profile(out: Path, warmup: int, argv: list[str]) -> None:
+    """The bare Lightning run (run_lightning) under cProfile: which parts of a step cost what."""
+    run_lightning(out, warmup, argv, callback=_profile_callback(out, warmup))
+
+
+def run_lightning(out: Path, warmup: int, argv: list[str], callback=None) -> None:
     """Lightning's own cost: nnlab's module (network, optimizer, schedule, epoch metrics) and data
     module in a Trainer with nothing else: no callbacks but the step timer, no logger,
     checkpoint, progress bar or validation, no MLflow. Against the plain loop it measures what
@@ -116,7 +190,7 @@ def run_lightning(out: Path, warmup: int, argv: list[str]) -> None:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[_timer_callback(out, warmup)],
+        callbacks=[callback or _timer_callback(out, warmup)],
     )
     trainer.fit(build_module(cfg), datamodule=instantiate(cfg.data))
 

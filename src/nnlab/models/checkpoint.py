@@ -92,7 +92,7 @@ def deployable(net: nn.Module, cfg: DictConfig) -> nn.Module:
 
 def input_example(cfg: DictConfig, datamodule) -> np.ndarray:
     """Two test inputs as a user gives them: MNIST (2, 28, 28) pixels in [0, 1]; blobs (2, 2)."""
-    x = datamodule.splits["test"][0][:2]
+    x = datamodule.scale(datamodule.splits["test"][0][:2])
     if "mean" in cfg.data:
         x = (x * cfg.data.std + cfg.data.mean)[:, 0]
     return x.numpy().astype(np.float32)

@@ -131,7 +131,7 @@ def log_datasets(run: Run, cfg: DictConfig, datamodule, splits: tuple[str, ...])
     data = str(run_tags_data(cfg))
     inputs, found = [], {}
     for split in splits:
-        x, y = datamodule.splits[split]
+        x, y = datamodule.splits[split]  # as stored (MNIST: the pixel bytes, as in data/mnist)
         with warnings.catch_warnings():  # "source can be interpreted in multiple ways": it is a local folder
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_numpy(

@@ -53,7 +53,7 @@ def score_and_write(
     """Score on the test split; write test.json, confusion.csv/.png and predictions.png.
     Returns (the metrics, the files written)."""
     datamodule.setup("test")
-    x, y = datamodule.splits["test"]
+    x, y = datamodule.inputs("test")
     device = next(net.parameters(), torch.zeros(0)).device
     result = score(predict_logits(net, x.to(device)).cpu(), y, datamodule.num_classes)
     actual, predicted, counts = y.numpy(), result.pop("predicted"), result.pop("confusion")

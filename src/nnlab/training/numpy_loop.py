@@ -39,7 +39,7 @@ def fit(cfg: DictConfig, datamodule, on_epoch) -> tuple[NumpyMLP, list[dict]]:
 
     ``on_epoch(row)`` gets each epoch's history row (the same columns as the Lightning path)."""
     datamodule.setup("fit")
-    (x_train, y_train), (x_val, y_val) = ((t.numpy() for t in datamodule.splits[s]) for s in ("train", "val"))
+    (x_train, y_train), (x_val, y_val) = ((t.numpy() for t in datamodule.inputs(s)) for s in ("train", "val"))
     mlp = instantiate(cfg.model)
     rng = np.random.default_rng(cfg.seed)
     rows, best, best_state = [], float("inf"), mlp.state_dict()
