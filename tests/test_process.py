@@ -1,5 +1,5 @@
 """What a stage process does around its work: the allocator keeps freed tensors' memory (no page
-faults for every step's tensors), a finished run leaves without the interpreter's teardown but
+faults for every step's tensors), no CUDA probing per step without a GPU, a finished run leaves without the interpreter's teardown but
 with its exit handlers run, threads joined and output flushed, and evaluation builds its data
 without Lightning. Each in a fresh interpreter; nothing is timed."""
 
@@ -17,7 +17,7 @@ from helpers import REPO, run_module, venv_env
 # A 20 MiB tensor allocated and freed; glibc's own account (mallinfo2) of where it came from.
 ALLOCATION = """
 import ctypes, json, sys, torch
-from nnlab.training.allocator import reuse_freed_memory
+from nnlab.training.runtime import reuse_freed_memory
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
@@ -46,6 +46,36 @@ def test_the_tuned_allocator_keeps_freed_tensors_memory_for_the_next_step():
     default, tuned = _allocation("default"), _allocation("tuned")
     assert default == {"took": None, "mapped": 20, "kept_free": 0}
     assert tuned["took"] is True and tuned["mapped"] == 0 and tuned["kept_free"] >= 20, tuned
+
+
+# Lightning makes torch.cuda.is_available() ask NVML each time; torch's optimizers ask every step.
+CUDA = """
+import json, os, torch, lightning
+from nnlab.training.runtime import stop_cuda_probing
+calls = []
+real = torch.cuda._raw_device_count_nvml
+torch.cuda._raw_device_count_nvml = lambda: calls.append(1) or real()
+torch.accelerator.is_available()
+before = len(calls)
+took = stop_cuda_probing()
+calls.clear()
+for _ in range(5):
+    torch.accelerator.is_available()
+print(json.dumps({"nvml_check": os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK"), "before": before, "took": took,
+                  "after": len(calls), "visible": os.environ.get("CUDA_VISIBLE_DEVICES")}))
+"""
+
+
+def test_without_a_gpu_the_optimizers_per_step_cuda_check_stops_asking_nvml():
+    env = venv_env()
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    proc = subprocess.run([sys.executable, "-c", CUDA], capture_output=True, text=True, env=env, cwd=REPO, check=True)
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["nvml_check"] == "1" and seen["before"] >= 1  # what Lightning's import does to every check
+    if torch.cuda.is_available():  # a GPU machine: nothing is hidden
+        assert seen["took"] is False and seen["visible"] is None
+    else:
+        assert seen == {**seen, "took": True, "after": 0, "visible": ""}
 
 
 EXIT = """

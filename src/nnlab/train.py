@@ -71,13 +71,13 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
 
     from nnlab.models.checkpoint import saved_run_id
     from nnlab.tracking import record, search
-    from nnlab.training.allocator import reuse_freed_memory
     from nnlab.training.evaluation import score_and_write
     from nnlab.training.fit import fitter_for, run_summary
     from nnlab.training.history import EpochHistory
     from nnlab.training.pruning import PruneWhenJudged
+    from nnlab.training.runtime import prepare_training_process
 
-    reuse_freed_memory()  # no page faults for every step's tensors (the values are unchanged)
+    prepare_training_process()  # no page faults and no CUDA probing per step (the values are unchanged)
     register_resolvers()  # ${nnlab_root:} also in a launcher's worker process
     validate(cfg)
     if cfg.logger.get("mlflow"):  # credentials go to the environment, never into a file

@@ -175,10 +175,10 @@ def run_lightning(out: Path, warmup: int, argv: list[str], callback=None) -> Non
     from hydra.utils import instantiate
 
     from nnlab.config.compose import compose_config
-    from nnlab.training.allocator import reuse_freed_memory
     from nnlab.training.fit import build_module
+    from nnlab.training.runtime import prepare_training_process
 
-    reuse_freed_memory()
+    prepare_training_process()
     cfg = compose_config(argv)
     L.seed_everything(cfg.seed, verbose=False)
     keep = ("accelerator", "devices", "precision", "deterministic", "limit_train_batches")
@@ -205,9 +205,9 @@ def run_plain(out: Path, warmup: int, argv: list[str]) -> None:
 
     from nnlab.config.compose import compose_config
     from nnlab.data import mnist
-    from nnlab.training.allocator import reuse_freed_memory
+    from nnlab.training.runtime import prepare_training_process
 
-    reuse_freed_memory()  # as nnlab.train does: both measured with the same allocator settings
+    prepare_training_process()  # as nnlab.train does: both measured with the same process settings
     cfg = compose_config(argv)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
