@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 
@@ -101,6 +102,7 @@ def hydra_main(prog: str, task: Callable[[DictConfig], object], quick_exit: bool
 
     single = []
 
+    @functools.wraps(task)  # Hydra names the job (hydra.job.name) after the task's own module
     def run(cfg: DictConfig) -> object:
         single.append(HydraConfig.get().mode == RunMode.RUN)
         return task(cfg)
