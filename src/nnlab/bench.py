@@ -22,9 +22,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from nnlab.benchmark import workers  # the standard library only, until a worker runs
+
 DEFAULT_CASES = "linear,mlp,cnn,mlp@64"
 PARTS = ("training", "profile", "startup", "pipeline")
-KINDS = ("plain", "lightning", "nnlab", "profile")  # the measured processes (nnlab.benchmark.workers)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -54,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
         "--override", action="append", default=[], help="a Hydra override for every training case (repeatable)"
     )
     p.add_argument("--out-dir", default=None, help="where bench.json and bench.md go (default: <root>/reports)")
-    p.add_argument("--worker", choices=list(KINDS), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=list(workers.WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     return p
@@ -63,15 +64,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     if args.worker:  # one measured process (see nnlab.benchmark.workers)
-        from nnlab.benchmark import workers
-
-        run = {
-            "nnlab": workers.run_nnlab,
-            "lightning": workers.run_lightning,
-            "plain": workers.run_plain,
-            "profile": workers.run_profile,
-        }[args.worker]
-        run(Path(args.worker_out), args.warmup, args.overrides)
+        workers.WORKERS[args.worker](Path(args.worker_out), args.warmup, args.overrides)
         return
     from nnlab.benchmark import report, suite
     from nnlab.config.paths import find_root

@@ -125,8 +125,9 @@ def _case_overrides(case: Case, steps: int | None) -> list[str]:
 
 def measure_training(case: Case, kind: str, root: Path, steps: int | None, warmup: int, env: dict) -> dict:
     """One process: kind ``nnlab`` (the training command as a DVC stage runs it, with its MLflow
-    run, checkpoints and validation), ``lightning`` (nnlab's module in a bare Trainer) or ``plain``. Returns the worker's timings plus the
-    process's peak RSS, wall time and the time from launch to the end of the first step."""
+    run, checkpoints and validation), ``lightning`` (nnlab's module in a bare Trainer), ``plain``
+    or ``profile``. Returns the worker's timings plus the process's peak RSS, wall time and the
+    time from launch to the end of the first step."""
     out = root / f"timing-{kind}-{case.name}-{time.time_ns()}.json"
     overrides = _case_overrides(case, steps)
     if kind == "nnlab":  # the stage's own overrides: name (its run folder), no test afterwards
@@ -145,7 +146,7 @@ def measure_training(case: Case, kind: str, root: Path, steps: int | None, warmu
     return result
 
 
-KINDS = ("plain", "lightning", "nnlab")
+KINDS = ("plain", "lightning", "nnlab")  # the timed workers (workers.WORKERS); "profile" runs apart
 TIMINGS = ("ms_per_step", "cpu_ms_per_step", "samples_per_s", "max_rss_mb", "to_first_step_s", "first_step_s")
 
 

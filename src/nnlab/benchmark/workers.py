@@ -145,8 +145,9 @@ def _profile_callback(out: Path, warmup: int):
             lightning = []
             for (filename, line, name), (_, _, tottime, _, _) in entries.items():
                 per_step = 1000 * tottime / max(self.steps, 1)
-                parts[part_of(filename)] = parts.get(part_of(filename), 0.0) + per_step
-                if "/lightning/" in filename.replace("\\", "/"):
+                part = part_of(filename)
+                parts[part] = parts.get(part, 0.0) + per_step
+                if part.startswith("Lightning"):
                     where = filename.replace("\\", "/").split("/lightning/", 1)[1]
                     lightning.append((f"lightning/{where}:{line}({name})", per_step))
             lightning.sort(key=lambda item: -item[1])
@@ -204,7 +205,7 @@ def run_plain(out: Path, warmup: int, argv: list[str]) -> None:
     from hydra.utils import instantiate
 
     from nnlab.config.compose import compose_config
-    from nnlab.data import mnist
+    from nnlab.data.tensors import plain_data
     from nnlab.training.runtime import prepare_training_process
 
     prepare_training_process()  # as nnlab.train does: both measured with the same process settings
@@ -213,10 +214,9 @@ def run_plain(out: Path, warmup: int, argv: list[str]) -> None:
     np.random.seed(cfg.seed)
     if cfg.trainer.deterministic:  # as Lightning sets it for the nnlab run
         torch.use_deterministic_algorithms(True, warn_only=cfg.trainer.deterministic == "warn")
-    images, labels = mnist.load(Path(cfg.data.data_dir))["train"]
-    x = torch.from_numpy(np.asarray(images)).float().div_(255.0).sub_(cfg.data.mean).div_(cfg.data.std)
-    x = x.reshape(-1, *cfg.data.input_shape)
-    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    data = plain_data(cfg.data)
+    data.setup("fit")
+    x, y = data.inputs("train")  # scaled once, up front: the plain loop does no per-step scaling
     net = instantiate(cfg.model)
     optimizer = instantiate(cfg.optimizer)(net.parameters())
     batch_size = cfg.data.batch_size
@@ -252,3 +252,7 @@ def run_plain(out: Path, warmup: int, argv: list[str]) -> None:
     result = step_summary(stamps, cpu, warmup, batch_size)
     result.update(first_step_at=first_step_at, first_step_s=stamps[0] - started, accelerator="cpu")
     Path(out).write_text(json.dumps(result))
+
+
+# The measured processes, by the name ``nnlab.bench --worker`` takes.
+WORKERS = {"plain": run_plain, "lightning": run_lightning, "nnlab": run_nnlab, "profile": run_profile}
