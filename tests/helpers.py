@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,13 @@ def venv_env(**extra: str) -> dict[str, str]:
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     env.update(extra)
     return env
+
+
+def ctrl_c_raises() -> None:
+    """``preexec_fn`` of a process a test presses Ctrl-C in: SIGINT back to its default, so that
+    Python turns it into KeyboardInterrupt even when the tests run as a shell's background job
+    (which inherits SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_module(module: str, *args: str, cwd: Path, timeout: int = 300, **env: str) -> subprocess.CompletedProcess:

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from nnlab.tracking.run import flatten, open_run
 from nnlab.train import train
 
-from helpers import REPO, run_module, venv_env
+from helpers import REPO, ctrl_c_raises, run_module, venv_env
 
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "samples_per_second")
 
@@ -232,6 +232,7 @@ def test_ctrl_c_during_training_ends_the_run_killed(project, tmp_path):
         text=True,
         env=venv_env(NNLAB_ROOT=str(project)),
         cwd=REPO,
+        preexec_fn=ctrl_c_raises,
     )
     client = MlflowClient(tracking_uri=uri)
     deadline = time.time() + 120
