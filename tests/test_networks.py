@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from nnlab.models.networks import CNN, MLP, LinearClassifier, count_parameters
+from nnlab.models.module import Classifier, RunningAccuracy, RunningMean
+from nnlab.models.networks import CNN, INFERENCE_PIECE, MLP, LinearClassifier, count_parameters, forward_in_pieces
 from nnlab.models.pooling import MaxPool2d
 
 
@@ -91,3 +92,41 @@ def test_cnn_trains_to_the_same_weights_as_with_torch_pooling():
     assert not any(isinstance(m, MaxPool2d) for m in theirs.modules())
     assert all(torch.equal(p, q) for p, q in zip(ours.state_dict().values(), theirs.state_dict().values()))
     assert torch.equal(logits_ours, logits_theirs)
+
+
+def _input_sizes(net: torch.nn.Module) -> list[int]:
+    """The batch sizes ``net`` is called with from now on."""
+    sizes: list[int] = []
+    net.register_forward_pre_hook(lambda module, args: sizes.append(len(args[0])))
+    return sizes
+
+
+@pytest.mark.parametrize("net", [LinearClassifier(), MLP(), CNN(channels=[4, 8], hidden_size=16)])
+def test_inference_in_pieces_gives_the_whole_batch_logits(net):
+    torch.manual_seed(0)
+    net.eval()
+    x = torch.randn(1000, 1, 28, 28)
+    with torch.no_grad():
+        whole = net(x)
+        sizes = _input_sizes(net)
+        pieces = forward_in_pieces(net, x)
+        small = forward_in_pieces(net, x[:100])
+    assert sizes == [256, 256, 256, 232, 100] and INFERENCE_PIECE == 256
+    assert torch.equal(pieces, whole)
+    assert torch.equal(small, whole[:100])
+
+
+def test_validation_runs_the_network_in_pieces_with_the_whole_batch_metrics():
+    torch.manual_seed(0)
+    net = CNN(channels=[4, 8], hidden_size=16)
+    module = Classifier(net, torch.optim.Adam).eval()
+    x, y = torch.randn(600, 1, 28, 28), torch.randint(0, 10, (600,))
+    with torch.no_grad():
+        logits = net(x)
+        sizes = _input_sizes(net)
+        module.validation_step((x, y), 0)
+    loss, acc = RunningMean(), RunningAccuracy()
+    loss.update(torch.nn.functional.cross_entropy(logits, y), weight=600)
+    acc.update(logits, y)
+    assert sizes == [256, 256, 88]
+    assert module.epoch_metrics("val") == {"val/loss": loss.compute(), "val/acc": acc.compute()}

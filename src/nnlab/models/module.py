@@ -11,6 +11,8 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
+from nnlab.models.networks import forward_in_pieces
+
 # Schedulers whose length is the whole run; filled in with the real number of steps.
 _TOTAL_STEPS_ARGS = ("total_steps", "T_max")
 
@@ -139,7 +141,8 @@ class Classifier(L.LightningModule):
         x, y = batch
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        logits = self._forward(x)
+        # validation runs under no_grad: its (large) batches go through the network in pieces
+        logits = self._forward(x) if split == "train" else forward_in_pieces(self._forward, x)
         loss = self.loss_fn(logits, y)
         # Only update the metric states here: self.log on every step costs more than a small MLP's
         # forward and backward. The epoch values are computed and logged once, in the epoch hooks.

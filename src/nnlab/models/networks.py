@@ -17,6 +17,20 @@ def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
+# Inference (validation, test, evaluate) runs a network on at most this many samples at a time:
+# a CNN's activations for a 1000-image batch take 273 MB of memory, for 256 images 102 MB. Each
+# sample's logits do not depend on how many others share its piece, so the results are the same.
+INFERENCE_PIECE = 256
+
+
+def forward_in_pieces(net, x: torch.Tensor, piece: int = INFERENCE_PIECE) -> torch.Tensor:
+    """``net(x)`` computed ``piece`` samples at a time (call it under no_grad: the pieces' graphs
+    would otherwise all be kept)."""
+    if len(x) <= piece:
+        return net(x)
+    return torch.cat([net(x[i : i + piece]) for i in range(0, len(x), piece)])
+
+
 def _flat_dim(input_shape: Sequence[int]) -> int:
     return math.prod(input_shape)
 

@@ -11,14 +11,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from nnlab.models.networks import forward_in_pieces
 from nnlab.report import plots
 from nnlab.report.tables import write_json
 
 
 @torch.no_grad()
-def predict_logits(net: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+def predict_logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     net.eval()
-    return torch.cat([net(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    return forward_in_pieces(net, x)
 
 
 def score(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
