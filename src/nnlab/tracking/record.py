@@ -6,6 +6,7 @@ from __future__ import annotations
 import getpass
 import os
 import subprocess
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -140,8 +141,25 @@ def log_datasets(run: Run, cfg: DictConfig, datamodule, splits: tuple[str, ...])
         found[split] = (dataset.name, dataset.digest)
         tag = InputTag(key="mlflow.data.context", value=SPLIT_CONTEXT[split])
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[tag]))
-    run.client.log_inputs(run.run_id, datasets=inputs)
+    log_inputs(run, inputs)
     return found
+
+
+def log_inputs(run: Run, inputs: list, attempts: int = 5) -> None:
+    """``log_inputs``, again when another run inserted the same new data set at the same moment
+    (a parallel sweep on a server: the store's unique key on the data set fails the second insert,
+    and by then the row exists, so the retry links it; the failed request changed nothing)."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            run.client.log_inputs(run.run_id, datasets=inputs)
+            return
+        except MlflowException as exc:
+            text = str(exc).lower()
+            if attempt == attempts - 1 or "unique" not in text or "datasets" not in text:
+                raise
+            time.sleep(0.1 * (attempt + 1))
 
 
 def epoch_sink(run: Run) -> Callable[[dict], None]:
