@@ -19,19 +19,21 @@ import time
 from pathlib import Path
 
 
-def step_summary(stamps: list[float], cpu: list[float], warmup: int, batch_size: int) -> dict:
-    """ms/step (wall and CPU) and samples/s of the steps after ``warmup`` (at least one step)."""
-    steps = len(stamps)
-    warmup = min(warmup, max(steps - 2, 0))
-    measured = steps - 1 - warmup if steps > 1 else 0
+def step_summary(stamps: list[float], cpu: list[float], done: list[int], warmup: int, batch_size: int) -> dict:
+    """ms/step (wall and CPU) and samples/s of the steps after ``warmup`` (at least one step).
+    ``done[i]``: optimizer steps finished at stamp ``i`` (a block of steps gets one stamp)."""
+    count = len(stamps)
+    first = next((i for i, steps in enumerate(done) if steps > warmup), count)
+    first = min(first, max(count - 2, 0))
+    measured = done[-1] - done[first] if count > 1 else 0
     nan = float("nan")
-    seconds = stamps[-1] - stamps[warmup] if measured else nan
+    seconds = stamps[-1] - stamps[first] if measured else nan
     return {
-        "steps": steps,
-        "warmup_steps": warmup + 1,
+        "steps": done[-1] if done else 0,
+        "warmup_steps": done[first] if done else 0,
         "measured_steps": measured,
         "ms_per_step": 1000 * seconds / measured if measured else nan,
-        "cpu_ms_per_step": 1000 * (cpu[-1] - cpu[warmup]) / measured if measured else nan,
+        "cpu_ms_per_step": 1000 * (cpu[-1] - cpu[first]) / measured if measured else nan,
         "samples_per_s": batch_size * measured / seconds if measured else nan,
     }
 
@@ -44,6 +46,7 @@ def _timer_callback(out: Path, warmup: int):
         def __init__(self):
             self.stamps: list[float] = []
             self.cpu: list[float] = []
+            self.done: list[int] = []
             self.first_step_at = self.fit_start = self.fit_start_at = self.train_end = None
             self.batch_size = 0
 
@@ -54,15 +57,16 @@ def _timer_callback(out: Path, warmup: int):
             if trainer.current_epoch == 0:
                 self.stamps.append(time.perf_counter())
                 self.cpu.append(time.process_time())
+                self.done.append(trainer.global_step)  # a block of steps ends at one stamp
                 if self.first_step_at is None:
-                    self.first_step_at, self.batch_size = time.time(), len(batch[1])
+                    self.first_step_at, self.batch_size = time.time(), pl_module.batch_size
 
         def on_validation_start(self, trainer, pl_module):
             if self.train_end is None and not trainer.sanity_checking:
                 self.train_end = time.perf_counter()
 
         def on_fit_end(self, trainer, pl_module):
-            result = step_summary(self.stamps, self.cpu, warmup, self.batch_size)
+            result = step_summary(self.stamps, self.cpu, self.done, warmup, self.batch_size)
             result.update(
                 first_step_at=self.first_step_at,
                 fit_start_at=self.fit_start_at,
@@ -249,7 +253,7 @@ def run_plain(out: Path, warmup: int, argv: list[str]) -> None:
         cpu.append(time.process_time())
         if first_step_at is None:
             first_step_at = time.time()
-    result = step_summary(stamps, cpu, warmup, batch_size)
+    result = step_summary(stamps, cpu, list(range(1, len(stamps) + 1)), warmup, batch_size)
     result.update(first_step_at=first_step_at, first_step_s=stamps[0] - started, accelerator="cpu")
     Path(out).write_text(json.dumps(result))
 

@@ -361,9 +361,15 @@ class RootConfig:
     resume: bool = MISSING  # continue the last unfinished run of this name from its last.ckpt
     run_dir: str | None = MISSING  # evaluate: a run folder (logs/runs/<name>/<time>) instead of the canonical outputs
     compile: str | None = MISSING  # torch.compile's backend for the network (inductor); null: not compiled
+    steps_per_call: Any = MISSING  # optimizer steps per Lightning training batch: auto or a number >= 1
 
     def __post_init__(self):
         _fraction(self, "label_smoothing")
+        check(
+            self.steps_per_call == "auto" or (type(self.steps_per_call) is int and self.steps_per_call >= 1),
+            "steps_per_call",
+            f"must be auto or a whole number >= 1, got {self.steps_per_call!r}",
+        )
         _one_of(self, "outputs", ("auto", "canonical", "run"))
         if self.compile is not None:
             _one_of(self, "compile", COMPILE_BACKENDS)

@@ -44,7 +44,11 @@ class TensorBatches:
     ``rank``/``world_size`` give each DDP process its own equal-sized share. ``scale`` turns the
     stored form of a batch into the model's inputs (MNIST's pixels are kept as bytes: a quarter of
     the memory). ``shift`` > 0 moves each training image by up to that many pixels (augmentation),
-    ``fill`` is the background.
+    ``fill`` is the background. ``per_call`` > 1 yields blocks: the next ``per_call`` shuffled
+    batches as one (x, y), batch after batch (Classifier steps through it a batch at a time); the
+    same samples, values and random shifts as the batches one by one. ``limit`` stops a pass
+    after that many batches (an int) or that share of them (a float), as Lightning's
+    ``limit_train_batches`` would count them one by one.
     """
 
     def __init__(
@@ -59,8 +63,11 @@ class TensorBatches:
         shift: int = 0,
         fill: float = 0.0,
         scale: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        per_call: int = 1,
+        limit: int | float | None = None,
     ):
         self.x, self.y = x, y
+        self.per_call, self.limit = per_call, limit
         self.scale = scale or (lambda x: x)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size = rank, world_size
@@ -77,9 +84,17 @@ class TensorBatches:
         per_rank = n // self.world_size if self.world_size > 1 else n
         return order[self.rank :: self.world_size][:per_rank]
 
-    def __len__(self) -> int:
+    @property
+    def steps(self) -> int:
+        """Mini-batches (optimizer steps) per pass."""
         per_rank = len(self.y) // self.world_size if self.world_size > 1 else len(self.y)
-        return -(-per_rank // self.batch_size)
+        steps = -(-per_rank // self.batch_size)
+        if isinstance(self.limit, float):
+            return int(steps * self.limit)
+        return steps if self.limit is None else min(steps, self.limit)
+
+    def __len__(self) -> int:
+        return -(-self.steps // self.per_call)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._indices().to(self.x.device)  # the order is drawn on the CPU, batches cut where x is
@@ -89,10 +104,13 @@ class TensorBatches:
                 yield self.scale(self.x[start : start + self.batch_size]), self.y[start : start + self.batch_size]
             return
         gen = torch.Generator().manual_seed(self.seed + 7919 * self.passes)
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
+        size, end = self.batch_size * self.per_call, min(len(order), self.steps * self.batch_size)
+        for start in range(0, end, size):
+            batch = order[start : min(start + size, end)]
             x = self.scale(self.x[batch])
-            yield (random_shift(x, self.shift, self.fill, gen) if self.shift else x), self.y[batch]
+            if self.shift:  # batch by batch: each draws its offsets as it would on its own
+                x = torch.cat([random_shift(part, self.shift, self.fill, gen) for part in x.split(self.batch_size)])
+            yield x, self.y[batch]
 
 
 class TensorData:
@@ -123,6 +141,8 @@ class TensorData:
         self.raw_test_inputs: np.ndarray | None = None  # as stored (MNIST: uint8 pixels), for plots
         self._on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._train_passes = 0
+        self.steps_per_call = 1  # training batches per block (set by nnlab.training.fit),
+        self.train_limit: int | float | None = None  # and the trainer's limit_train_batches for blocks
 
     def load(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         raise NotImplementedError
@@ -217,6 +237,8 @@ class TensorData:
             shift=self.shift,
             fill=self.background,
             scale=self.scale,
+            per_call=self.steps_per_call,
+            limit=self.train_limit,
         )
         batches.passes = self._train_passes  # a resumed run continues the saved batch order
         self._train_batches = batches

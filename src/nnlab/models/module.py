@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import lightning as L
 import torch
@@ -96,6 +97,12 @@ class Classifier(L.LightningModule):
 
     ``optimizer`` and ``scheduler`` are factories (Hydra ``_partial_`` objects): the
     optimizer takes the parameters, the scheduler the optimizer. Schedulers step per batch.
+
+    ``steps_per_call`` > 1: each training batch Lightning hands over is a block of that many
+    batches of ``batch_size`` (nnlab.data.tensors.TensorBatches), and ``training_step`` takes one
+    optimizer step per batch itself (manual optimization), in the order Lightning's automatic
+    optimization takes them: the same values, without Lightning's per-step hooks, closure and
+    progress bookkeeping for every batch (a small network's step costs less than those).
     """
 
     def __init__(
@@ -106,9 +113,13 @@ class Classifier(L.LightningModule):
         num_classes: int = 10,
         label_smoothing: float = 0.0,
         compile_backend: str | None = None,
+        steps_per_call: int = 1,
+        batch_size: int | None = None,
     ):
         super().__init__()
         self.net = net
+        self.automatic_optimization = steps_per_call == 1
+        self.steps_per_call, self.batch_size = steps_per_call, batch_size
         # torch.compile's wrapper shares net's parameters; kept out of the module tree so that
         # state dicts and checkpoints stay those of net. The first step pays the compile time.
         self.__dict__["_forward"] = torch.compile(net, backend=compile_backend) if compile_backend else net
@@ -161,7 +172,29 @@ class Classifier(L.LightningModule):
             self.metrics[f"{split}_{kind}"].reset()
 
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
+        if self.automatic_optimization:
+            return self._step(batch, "train")
+        self._block_step(batch)
+
+    def _block_step(self, batch) -> None:
+        """One optimizer step per batch of the block: forward, zero_grad, backward, step, and the
+        scheduler's step, as Lightning's automatic optimization orders them (backward and step
+        outside autocast, as there); then Lightning's step count moves on by as many steps."""
+        x, y = batch
+        optimizer = self.optimizers(use_pl_optimizer=False)
+        scheduler = self.lr_schedulers()
+        autocast = torch.is_autocast_enabled(x.device.type)
+        steps = 0
+        for x_part, y_part in zip(x.split(self.batch_size), y.split(self.batch_size)):
+            loss = self._step((x_part, y_part), "train")
+            with torch.autocast(x.device.type, enabled=False) if autocast else nullcontext():
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            steps += 1
+        self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.increment_by(steps)
 
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
@@ -172,6 +205,13 @@ class Classifier(L.LightningModule):
     def on_validation_epoch_end(self):
         self._log_epoch("val")
 
+    def optimizer_steps(self) -> int:
+        """The run's number of optimizer steps (Lightning counts a block as one batch)."""
+        if self.automatic_optimization:
+            return int(self.trainer.estimated_stepping_batches)
+        self.trainer.estimated_stepping_batches  # noqa: B018 (the property loads the training batches)
+        return self.trainer.max_epochs * self.trainer.train_dataloader.steps
+
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(
             self.net.parameters(), **fast_optimizer_options(self.optimizer_factory, self.device)
@@ -180,7 +220,7 @@ class Classifier(L.LightningModule):
             return optimizer
         keywords = getattr(self.scheduler_factory, "keywords", {})
         # At least 10 steps: one-cycle's warm-up phase must not be empty on a tiny run.
-        total = max(int(self.trainer.estimated_stepping_batches), 10)
+        total = max(self.optimizer_steps(), 10)
         extra = {k: total for k in _TOTAL_STEPS_ARGS if k in keywords and keywords[k] is None}
         scheduler = self.scheduler_factory(optimizer, **extra)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -25,7 +25,7 @@ from nnlab.models.checkpoint import CONFIG_KEY, RUN_ID_KEY
 from nnlab.models.module import Classifier
 from nnlab.models.networks import count_parameters
 from nnlab.models.summary import format_summary, summarize
-from nnlab.training import numpy_loop
+from nnlab.training import blocks, numpy_loop
 from nnlab.training.history import EpochHistory
 
 # config.yaml is written into the checkpoint folder before Lightning's first checkpoint.
@@ -34,7 +34,7 @@ warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
-def build_module(cfg: DictConfig) -> Classifier:
+def build_module(cfg: DictConfig, steps_per_call: int = 1) -> Classifier:
     """The LightningModule for the config's network, optimizer and schedule."""
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     return Classifier(
@@ -44,6 +44,8 @@ def build_module(cfg: DictConfig) -> Classifier:
         num_classes=cfg.data.num_classes,
         label_smoothing=cfg.label_smoothing,
         compile_backend=cfg.get("compile"),
+        steps_per_call=steps_per_call,
+        batch_size=cfg.data.batch_size,
     )
 
 
@@ -183,13 +185,13 @@ def _lightning_fitter(
     models_dir: Path,
     extra_callbacks: Sequence[L.Callback] = (),
 ) -> Fitter:
-    module = build_module(cfg)
     if cfg.trainer.deterministic and torch.cuda.is_available():
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     callbacks = [*_callbacks(cfg, resolved, history, models_dir), *extra_callbacks]
     run_state = next(c for c in callbacks if isinstance(c, RunStateInCheckpoint))
     loggers = lightning_loggers(cfg, models_dir.parent)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=cfg.paths.log_dir)
+    module = build_module(cfg, blocks.use_blocks(cfg, trainer, datamodule))
     last = models_dir / "last.ckpt"
 
     def fit():

@@ -1,0 +1,74 @@
+"""Blocks: several optimizer steps per Lightning training batch (``steps_per_call``).
+
+Lightning's loop costs about half a millisecond per training batch on the 2-core CPU (hook
+dispatch to the module and every callback, the optimizer closure, strategy and precision
+wrappers, progress counters), as much as a small MLP's whole step. With blocks the data module
+hands Lightning ``steps_per_call`` batches at a time and nnlab.models.module.Classifier takes
+one optimizer step per batch itself, in the order Lightning would, so the training is the same
+bit for bit (tests/test_blocks.py) and Lightning's per-batch cost is paid once per block.
+Validation, checkpoints, callbacks' batch and epoch hooks, loggers and Ctrl-C stay Lightning's.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+from omegaconf import DictConfig
+
+from nnlab.config.schema import check
+from nnlab.data.tensors import TensorData
+
+AUTO_STEPS_PER_CALL = 16  # Lightning's per-batch cost, paid once per 16 optimizer steps
+# Callback hooks Lightning calls around every optimizer step: a block's steps call none of them.
+PER_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad")
+PRECISIONS = ("32-true", "64-true", "bf16-mixed", "bf16-true")  # those without a gradient scaler
+
+
+def obstacles(cfg: DictConfig, trainer: L.Trainer, datamodule) -> list[str]:
+    """What in this run needs Lightning to take each optimizer step itself, if anything."""
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    callbacks = trainer.callbacks
+    hooked = [f"{type(c).__name__}.{h}" for c in callbacks for h in PER_STEP_HOOKS if is_overridden(h, c, L.Callback)]
+    stepwise = [
+        c for c in callbacks if getattr(c, "_every_n_train_steps", 0) or getattr(c, "_train_time_interval", None)
+    ]
+    found = [
+        (not isinstance(datamodule, TensorData), f"data._target_={cfg.data._target_} (not one of nnlab's data sets)"),
+        (not isinstance(trainer.strategy, SingleDeviceStrategy), f"trainer.strategy={type(trainer.strategy).__name__}"),
+        (
+            trainer.precision not in PRECISIONS,
+            f"trainer.precision={trainer.precision} (blocks: {', '.join(PRECISIONS)})",
+        ),
+        (trainer.gradient_clip_val is not None, f"trainer.gradient_clip_val={trainer.gradient_clip_val}"),
+        (trainer.accumulate_grad_batches != 1, f"accumulate_grad_batches={trainer.accumulate_grad_batches}"),
+        (trainer.max_steps != -1, f"max_steps={trainer.max_steps}"),
+        (bool(hooked), f"callbacks with per-step hooks ({', '.join(hooked)})"),
+        (bool(stepwise), "a checkpoint every n training steps"),
+    ]
+    return [reason for present, reason in found if present]
+
+
+def steps_per_call(cfg: DictConfig, trainer: L.Trainer, datamodule) -> int:
+    """``cfg.steps_per_call``; for ``auto`` AUTO_STEPS_PER_CALL where nothing stands in the way,
+    else 1. A number > 1 where something does is a ConfigError naming it."""
+    wanted = cfg.get("steps_per_call", 1)
+    found = obstacles(cfg, trainer, datamodule) if wanted != 1 else []
+    if wanted == "auto":
+        return 1 if found else AUTO_STEPS_PER_CALL
+    check(
+        not found,
+        "steps_per_call",
+        f"{wanted} steps in one Lightning batch does not fit {'; '.join(found)}; use steps_per_call=1 or auto",
+    )
+    return int(wanted)
+
+
+def use_blocks(cfg: DictConfig, trainer: L.Trainer, datamodule) -> int:
+    """Tell the data module how many batches a block holds; returns that number. With blocks,
+    ``limit_train_batches`` moves from the trainer (which would count blocks) to the data module."""
+    count = steps_per_call(cfg, trainer, datamodule)
+    datamodule.steps_per_call = count
+    if count > 1:
+        datamodule.train_limit, trainer.limit_train_batches = cfg.trainer.limit_train_batches, 1.0
+    return count

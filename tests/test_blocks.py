@@ -1,0 +1,123 @@
+"""Blocks of batches per Lightning training batch (``steps_per_call``): the same training, bit for
+bit, as one batch a call; chosen only where the trainer allows it; a clear error where not."""
+
+from __future__ import annotations
+
+import csv
+
+import lightning as L
+import pytest
+import torch
+
+from nnlab.config.schema import ConfigError
+from nnlab.data.tensors import TensorBatches
+from nnlab.train import train
+from nnlab.training.blocks import AUTO_STEPS_PER_CALL, steps_per_call
+
+from helpers import REPO, run_module
+
+VALUES = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")  # all but the timings
+
+
+def _train(compose, project, name: str, *overrides: str) -> tuple[dict, list[dict], dict]:
+    summary = train(compose(*overrides, f"name={name}", "logger=none"))
+    checkpoint = torch.load(project / "models" / name / "best.ckpt", map_location="cpu", weights_only=False)
+    with (project / "plots" / name / "history.csv").open() as handle:
+        history = [{k: row[k] for k in VALUES} for row in csv.DictReader(handle)]
+    return checkpoint, history, summary
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        # a schedule over the steps (one-cycle), a partial last block, limit_train_batches in batches
+        ("experiment=mnist_mlp", "data.batch_size=32", "trainer.max_epochs=2", "trainer.limit_train_batches=7"),
+        # random shifts drawn batch by batch, dropout, a fraction of the batches
+        ("experiment=mnist_cnn_best", "data.batch_size=32", "trainer.max_epochs=1", "trainer.limit_train_batches=0.5"),
+        # bf16 autocast (the GPU path's precision, on the CPU)
+        ("experiment=mnist_cnn", "data.batch_size=48", "trainer.max_epochs=1", "trainer.precision=bf16-mixed"),
+        # 8-byte samples: pieces of the block start at any offset
+        ("experiment=blobs_linear", "data.batch_size=10", "trainer.max_epochs=3"),
+    ],
+    ids=["mlp-onecycle-limit", "cnn-shift-fraction", "cnn-bf16", "blobs"],
+)
+def test_blocks_train_the_same_weights_and_history_as_one_batch_a_call(compose, project, overrides):
+    one, one_history, one_summary = _train(compose, project, "one", *overrides, "steps_per_call=1")
+    block, block_history, block_summary = _train(compose, project, "block", *overrides, "steps_per_call=3")
+
+    assert one["global_step"] == block["global_step"] > 3  # Lightning's step count: every batch
+    assert one["state_dict"].keys() == block["state_dict"].keys()
+    for key, value in one["state_dict"].items():
+        assert torch.equal(value, block["state_dict"][key]), key
+    assert one["optimizer_states"][0]["state"].keys() == block["optimizer_states"][0]["state"].keys()
+    for key, state in one["optimizer_states"][0]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(
+                torch.as_tensor(value), torch.as_tensor(block["optimizer_states"][0]["state"][key][name])
+            )
+    assert one_history == block_history and len(one_history) == one_summary["epochs"]
+    assert one_summary["best_val_loss"] == block_summary["best_val_loss"]
+    assert one_summary["test_acc"] == block_summary["test_acc"]
+
+
+def test_the_blocks_hold_the_same_samples_as_the_batches_one_by_one():
+    x = torch.arange(50 * 3 * 4 * 4, dtype=torch.float32).reshape(50, 3, 4, 4)
+    y = torch.arange(50)
+
+    def passes(per_call: int, limit=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        batches = TensorBatches(x, y, 8, shuffle=True, seed=3, shift=1, fill=-1.0, per_call=per_call, limit=limit)
+        return [list(batches), list(batches)], len(batches), batches.steps  # two passes: two orders
+
+    (one, one_len, steps) = passes(1)
+    (blocks, block_len, block_steps) = passes(3)
+    assert (one_len, block_len, steps, block_steps) == (7, 3, 7, 7)
+    assert [len(b[1]) for b in blocks[0]] == [24, 24, 2]
+    for batches, joined in zip(one, blocks):
+        assert torch.equal(torch.cat([b[0] for b in batches]), torch.cat([b[0] for b in joined]))
+        assert torch.equal(torch.cat([b[1] for b in batches]), torch.cat([b[1] for b in joined]))
+    (limited, limited_len, limited_steps) = passes(3, limit=4)
+    assert (limited_len, limited_steps) == (2, 4) and [len(b[1]) for b in limited[0]] == [24, 8]
+    assert torch.equal(torch.cat([b[1] for b in limited[0]]), torch.cat([b[1] for b in one[0][:4]]))
+    assert passes(3, limit=0.5)[2] == 3  # a fraction of the batches, as Lightning rounds it
+
+
+class _GradientWatcher(L.Callback):
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        pass
+
+
+def _trainer(**kwargs) -> L.Trainer:
+    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, **kwargs)
+
+
+def test_auto_uses_blocks_only_where_the_trainer_allows_them(compose):
+    from hydra.utils import instantiate
+
+    cfg = compose("experiment=mnist_mlp")
+    data = instantiate(cfg.data)
+    assert cfg.steps_per_call == "auto"
+    assert steps_per_call(cfg, _trainer(), data) == AUTO_STEPS_PER_CALL
+    assert steps_per_call(cfg, _trainer(gradient_clip_val=1.0), data) == 1
+    assert steps_per_call(cfg, _trainer(accumulate_grad_batches=2), data) == 1
+    assert steps_per_call(cfg, _trainer(max_steps=100), data) == 1
+    assert steps_per_call(cfg, _trainer(precision="16-true"), data) == 1
+    assert steps_per_call(cfg, _trainer(callbacks=[_GradientWatcher()]), data) == 1
+    assert steps_per_call(cfg, _trainer(), object()) == 1  # a data module that is not nnlab's
+    cfg.steps_per_call = 4
+    assert steps_per_call(cfg, _trainer(), data) == 4
+    with pytest.raises(ConfigError) as info:
+        steps_per_call(cfg, _trainer(gradient_clip_val=1.0, callbacks=[_GradientWatcher()]), data)
+    assert str(info.value) == (
+        "steps_per_call: 4 steps in one Lightning batch does not fit trainer.gradient_clip_val=1.0; "
+        "callbacks with per-step hooks (_GradientWatcher.on_before_optimizer_step); use steps_per_call=1 or auto"
+    )
+
+
+@pytest.mark.parametrize(("value", "shown"), [("0", "0"), ("fast", "'fast'"), ("2.5", "2.5")])
+def test_a_bad_steps_per_call_is_one_line(value, shown):
+    result = run_module("nnlab.train", "experiment=mnist_mlp", f"steps_per_call={value}", cwd=REPO, timeout=120)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [
+        f"nnlab.train: error: config: config.steps_per_call: must be auto or a whole number >= 1, got {shown}"
+    ]
