@@ -144,6 +144,9 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
 
 
 def _task(cfg: DictConfig) -> float | None:
+    from nnlab.training.runtime import import_lightning
+
+    import_lightning()  # first, before anything imports it the ordinary way
     from nnlab.tracking import record, search
     from nnlab.tracking.run import TrackingError
     from nnlab.training.history import TrainingDiverged
