@@ -1,9 +1,9 @@
 """Speed benchmark: ``python -m nnlab.bench`` (``make bench``).
 
-Times nnlab's real training command against a plain PyTorch loop on the same tensors and against
-nnlab's module in a bare Lightning Trainer (what Lightning's loop costs by itself) (linear,
-MLP, CNN at their configured batch sizes, and the MLP at batch 64), the start-up of every stage
-command, and a cold and a warm ``dvc repro`` of a small configuration. Every measurement runs in
+Times nnlab's real training command (linear, MLP, CNN at their configured batch sizes, and the MLP
+at batch 64) against a plain PyTorch loop on the same tensors and against nnlab's module in a bare
+Lightning Trainer taking one batch per call (what Lightning's loop costs by itself), the start-up of
+every stage command, and a cold and a warm ``dvc repro`` of a small configuration. Every measurement runs in
 its own process; repetitions are interleaved; the tables give the median (min–max). Writes
 reports/bench.json and reports/bench.md. Needs the prepared MNIST (``dvc repro prepare_mnist``).
 

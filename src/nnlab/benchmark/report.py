@@ -82,11 +82,14 @@ def markdown(result: dict) -> str:
             "## Training steps: nnlab's training command against a plain PyTorch loop",
             "",
             "nnlab: `python -m nnlab.train experiment=<case>` as the DVC stage runs it (Trainer, module, data "
-            "module, callbacks, checkpoints, MLflow run). Plain: the same network, optimizer, schedule, seed, "
+            "module, callbacks, checkpoints, MLflow run; blocks of `steps_per_call` optimizer steps per "
+            "Lightning batch where the config allows them). Plain: the same network, optimizer, schedule, seed, "
             "batch size and tensors in a bare loop. Lightning: nnlab's module and data module in a bare "
-            "Lightning Trainer (no callbacks, logger, checkpoints, progress bar or MLflow), so that "
-            "Lightning/plain is the cost of Lightning's own loop and nnlab/Lightning what nnlab's structure adds "
-            "to it. ms/step is the steady state after "
+            "Lightning Trainer (no callbacks, logger, checkpoints, progress bar or MLflow) with one batch per "
+            "call (automatic optimization), so that Lightning/plain is the cost of Lightning's own loop per "
+            "step and nnlab/Lightning what nnlab's structure adds to it, less what its blocks save. A block's "
+            "steps end at one time stamp: ms/step is the time from the end of the first block (or step) past "
+            "the warm-up to the end of the last, over the optimizer steps between. ms/step is the steady state after "
             f"{opts['warmup']} warm-up steps (wall clock); CPU ratio: nnlab/plain from the process's CPU time, "
             "which load from other processes moves far less; first step: seconds from launching the process "
             "to the end of its first step; RSS: peak of the whole process.",

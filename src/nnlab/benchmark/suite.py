@@ -189,7 +189,8 @@ def _training_row(case: Case, runs: dict[str, list[dict]]) -> dict:
             row[f"{kind}_{key}"] = stats([r[key] for r in runs[kind]])
     row["nnlab_fit_s"] = stats([r["fit_s"] for r in runs["nnlab"]])
     # ratio: nnlab / plain (the goal); lightning_ratio: Lightning's own loop / plain;
-    # structure_ratio: nnlab / bare Lightning (what nnlab's callbacks, logging and MLflow add)
+    # structure_ratio: nnlab / bare Lightning (what nnlab's callbacks, logging and MLflow add, less
+    # what its blocks of optimizer steps save)
     for name, top, bottom in (
         ("", "nnlab", "plain"),
         ("lightning_", "lightning", "plain"),
