@@ -119,7 +119,7 @@ class Classifier(L.LightningModule):
         super().__init__()
         self.net = net
         self.automatic_optimization = steps_per_call == 1
-        self.steps_per_call, self.batch_size = steps_per_call, batch_size
+        self.batch_size = batch_size  # of the batches a block holds
         # torch.compile's wrapper shares net's parameters; kept out of the module tree so that
         # state dicts and checkpoints stay those of net. The first step pays the compile time.
         self.__dict__["_forward"] = torch.compile(net, backend=compile_backend) if compile_backend else net
@@ -184,8 +184,8 @@ class Classifier(L.LightningModule):
         optimizer = self.optimizers(use_pl_optimizer=False)
         scheduler = self.lr_schedulers()
         autocast = torch.is_autocast_enabled(x.device.type)
-        steps = 0
-        for x_part, y_part in zip(x.split(self.batch_size), y.split(self.batch_size)):
+        parts = list(zip(x.split(self.batch_size), y.split(self.batch_size)))
+        for x_part, y_part in parts:
             loss = self._step((x_part, y_part), "train")
             with torch.autocast(x.device.type, enabled=False) if autocast else nullcontext():
                 optimizer.zero_grad()
@@ -193,8 +193,7 @@ class Classifier(L.LightningModule):
                 optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            steps += 1
-        self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.increment_by(steps)
+        self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.increment_by(len(parts))
 
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
