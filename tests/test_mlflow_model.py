@@ -116,3 +116,27 @@ def test_an_mlflow_lightning_logger_is_refused_in_one_line(project):
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("nnlab.train: error: config: logger.lightning.mlf._target_: must be one of ")
     assert "would duplicate the run" in line
+
+
+def test_requirements_are_checked_by_version_without_scanning_every_distribution(monkeypatch):
+    """Logging or loading a model checks its requirements against the installed versions: the same
+    answers inside requirement_check_without_scan, without MLflow's scan of every distribution."""
+    from mlflow.utils import requirements_utils as checks
+
+    from nnlab.tracking.served_model import requirement_check_without_scan
+
+    scans = []
+    real_scan = checks.importlib_metadata.packages_distributions
+    monkeypatch.setattr(checks.importlib_metadata, "packages_distributions", lambda: scans.append(1) or real_scan())
+    monkeypatch.setattr(checks, "_MODULES_TO_PACKAGES", None)
+    requirements = (f"numpy=={np.__version__}", "numpy==0.0.1", "nnlab-no-such-package==1.0")
+
+    with requirement_check_without_scan():
+        quick = [checks._check_requirement_satisfied(r) for r in requirements]
+    assert scans == [] and checks._MODULES_TO_PACKAGES is None
+    scanned = [checks._check_requirement_satisfied(r) for r in requirements]
+    assert scans == [1]
+    assert quick == scanned
+    assert quick[0] is None
+    assert (quick[1].installed_version, quick[1].requirement) == (np.__version__, "numpy==0.0.1")
+    assert quick[2].installed_version is None

@@ -76,9 +76,10 @@ def _from_mlflow(uri: str) -> Predictor:
 
     from nnlab.config.paths import find_root
     from nnlab.tracking.run import resolve_tracking_uri
+    from nnlab.tracking.served_model import requirement_check_without_scan
 
     mlflow.set_tracking_uri(resolve_tracking_uri(None, find_root()))
-    with _quiet_mlflow():
+    with _quiet_mlflow(), requirement_check_without_scan():
         model = mlflow.pyfunc.load_model(uri)
     _check_schema(uri, model.metadata.get_input_schema())
 
