@@ -104,6 +104,31 @@ def test_exit_now_runs_exit_handlers_joins_threads_flushes_and_keeps_the_code(tm
     assert (tmp_path / "thread").read_text() == "joined"
 
 
+POOL = """
+import gc
+from concurrent.futures import ThreadPoolExecutor
+from nnlab.config.process import exit_now
+gc.disable()  # the pool below stays uncollected, as a cycle can until the next collection
+class Repository:  # as MLflow's artifact repositories: a thread pool, held in a reference cycle
+    def __init__(self):
+        self.pool = ThreadPoolExecutor(2)
+        self.handler = lambda: self
+repository = Repository()
+print(repository.pool.submit(sum, [1, 2]).result(), end="")
+del repository
+exit_now(4)
+"""
+
+
+def test_exit_now_does_not_wait_for_the_idle_workers_of_an_uncollected_thread_pool():
+    """A training that logged a model ended with such a pool alive (MLflow downloads the model back
+    to check its input example); exit_now waited on its workers for ever."""
+    proc = subprocess.run(
+        [sys.executable, "-c", POOL], capture_output=True, text=True, env=venv_env(), cwd=REPO, timeout=60
+    )
+    assert (proc.returncode, proc.stdout) == (4, "3"), proc.stderr[-2000:]
+
+
 def test_a_finished_training_and_evaluation_leave_their_run_complete(project):
     """train and evaluate end through exit_now: the MLflow run is FINISHED with its metrics,
     model and test results; both exit 0 with their summaries printed."""
