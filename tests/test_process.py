@@ -14,6 +14,14 @@ import torch
 
 from helpers import REPO, run_module, venv_env
 
+
+def fresh_python(code: str, *args: str, **options) -> subprocess.CompletedProcess:
+    """``code`` run by a fresh interpreter of the project's environment, from the repository."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=venv_env(), cwd=REPO, **options
+    )
+
+
 # A 20 MiB tensor allocated and freed; glibc's own account (mallinfo2) of where it came from.
 ALLOCATION = """
 import ctypes, json, sys, torch
@@ -34,9 +42,7 @@ print(json.dumps({"took": took, "mapped": (held.hblkhd - before) >> 20, "kept_fr
 
 
 def _allocation(mode: str) -> dict:
-    proc = subprocess.run(
-        [sys.executable, "-c", ALLOCATION, mode], capture_output=True, text=True, env=venv_env(), cwd=REPO, check=True
-    )
+    proc = fresh_python(ALLOCATION, mode, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -95,9 +101,7 @@ print("never")
 
 
 def test_exit_now_runs_exit_handlers_joins_threads_flushes_and_keeps_the_code(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-c", EXIT, str(tmp_path)], capture_output=True, text=True, env=venv_env(), cwd=REPO
-    )
+    proc = fresh_python(EXIT, str(tmp_path))
     assert proc.returncode == 3
     assert proc.stdout == "buffered on a pipe"
     assert (tmp_path / "atexit").read_text() == "ran"
@@ -123,9 +127,7 @@ exit_now(4)
 def test_exit_now_does_not_wait_for_the_idle_workers_of_an_uncollected_thread_pool():
     """A training that logged a model ended with such a pool alive (MLflow downloads the model back
     to check its input example); exit_now waited on its workers for ever."""
-    proc = subprocess.run(
-        [sys.executable, "-c", POOL], capture_output=True, text=True, env=venv_env(), cwd=REPO, timeout=60
-    )
+    proc = fresh_python(POOL, timeout=60)
     assert (proc.returncode, proc.stdout) == (4, "3"), proc.stderr[-2000:]
 
 
