@@ -12,7 +12,7 @@ import torch
 
 from nnlab.data.tensors import TensorBatches, random_shift
 from nnlab.models.module import Classifier, RunningAccuracy, RunningMean, fast_optimizer_options
-from nnlab.models.networks import CNN
+from nnlab.models.networks import CNN, MLP
 from nnlab.train import train
 
 
@@ -31,19 +31,28 @@ def test_bf16_autocast_with_channels_last_and_compile_on_the_cpu(compose, projec
     assert 0.0 <= summary["best_val_acc"] <= 1.0 and 0.0 <= summary["test_acc"] <= 1.0
 
 
-def test_the_module_uses_nhwc_only_for_convolutions_on_a_gpu_or_in_bf16():
-    class Trainer:  # what on_fit_start reads
-        def __init__(self, precision):
-            self.precision = precision
+def test_convolutions_train_channels_last_on_the_cpu_and_cuda_and_nothing_else_changes_layout():
+    class Strategy:  # what configure_model reads: the device the strategy will move the module to
+        def __init__(self, device):
+            self.root_device = torch.device(device)
 
-    for precision, expected in (("32-true", False), ("bf16-mixed", True)):
-        module = Classifier(CNN((1, 28, 28), 10, channels=(2, 4), hidden_size=8), torch.optim.Adam)
-        module._trainer = Trainer(precision)
-        module.on_fit_start()
-        assert module.channels_last is expected
-        # the second convolution: its weight (8, 2, 3, 3) has one layout or the other, not both
-        weight = [m for m in module.net.modules() if isinstance(m, torch.nn.Conv2d)][-1].weight
-        assert weight.is_contiguous(memory_format=torch.channels_last) is expected
+    class Trainer:
+        def __init__(self, device):
+            self.strategy = Strategy(device)
+
+    cnn = functools.partial(CNN, (1, 28, 28), 10, channels=(2, 4), hidden_size=8)
+    cases = [(cnn(), "cpu", True), (cnn(), "cuda", True), (cnn(), "mps", False)]
+    cases.append((MLP((1, 28, 28), 10, hidden_sizes=(8,)), "cpu", False))
+    for net, device, expected in cases:
+        module = Classifier(net, torch.optim.Adam)
+        module._trainer = Trainer(device)
+        module.configure_model()
+        assert module.channels_last is expected, device
+        # the second convolution's weight (4, 2, 3, 3) has one layout or the other, not both
+        # (the first one's, with one input channel, has both)
+        weight = [p for p in module.net.parameters() if p.dim() == 4][-1:]
+        assert [w.is_contiguous(memory_format=torch.channels_last) for w in weight] == [expected] * len(weight)
+        assert [w.is_contiguous() for w in weight] == [not expected] * len(weight)
 
 
 def test_fused_optimizers_on_cuda_only_and_never_against_the_config():

@@ -178,3 +178,26 @@ def test_ddp_on_two_cpu_processes_tracks_one_run(project, tmp_path):
     assert [r.info.status for r in runs] == ["FINISHED"]  # rank 0 alone records
     assert len(client.get_metric_history(runs[0].info.run_id, "val_acc")) == 3
     assert runs[0].data.metrics["test_acc"] == 1.0
+
+
+def test_ddp_buckets_the_gradients_of_a_channels_last_cnn_in_their_layout(project, tmp_path):
+    # The module turns a CNN channels-last before DDP wraps it; turned afterwards, every step
+    # copies each convolution's gradient into a bucket of the other layout, with a warning.
+    result = run_module(
+        "nnlab.train",
+        "experiment=mnist_cnn",
+        "model.channels=[4,8]",
+        "model.hidden_size=16",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=4",
+        "trainer.enable_progress_bar=false",
+        "logger=none",
+        cwd=REPO,
+        NNLAB_ROOT=str(project),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr
+    assert "Grad strides do not match bucket view strides" not in result.stdout + result.stderr

@@ -210,6 +210,7 @@ def run_plain(out: Path, warmup: int, argv: list[str]) -> None:
 
     from nnlab.config.compose import compose_config
     from nnlab.data.tensors import plain_data
+    from nnlab.models.networks import prefers_channels_last
     from nnlab.training.runtime import prepare_training_process
 
     prepare_training_process()  # as nnlab.train does: both measured with the same process settings
@@ -222,6 +223,9 @@ def run_plain(out: Path, warmup: int, argv: list[str]) -> None:
     data.setup("fit")
     x, y = data.inputs("train")  # scaled once, up front: the plain loop does no per-step scaling
     net = instantiate(cfg.model)
+    if prefers_channels_last(net, "cpu"):  # the layout nnlab's module trains in: only the loop differs
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     optimizer = instantiate(cfg.optimizer)(net.parameters())
     batch_size = cfg.data.batch_size
     steps = -(-len(y) // batch_size)

@@ -12,7 +12,7 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
-from nnlab.models.networks import forward_in_pieces
+from nnlab.models.networks import forward_in_pieces, prefers_channels_last
 
 # Schedulers whose length is the whole run; filled in with the real number of steps.
 _TOTAL_STEPS_ARGS = ("total_steps", "T_max")
@@ -123,7 +123,7 @@ class Classifier(L.LightningModule):
         # torch.compile's wrapper shares net's parameters; kept out of the module tree so that
         # state dicts and checkpoints stay those of net. The first step pays the compile time.
         self.__dict__["_forward"] = torch.compile(net, backend=compile_backend) if compile_backend else net
-        self.channels_last = False  # decided in on_fit_start, once the module is on its device
+        self.channels_last = False  # decided in configure_model, once the trainer's device is known
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.num_classes = num_classes
@@ -139,12 +139,10 @@ class Classifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def on_fit_start(self):
-        # Convolutions on a GPU (or in bf16 on the CPU, where oneDNN prefers it too) run faster
-        # on NHWC tensors; fp32 CPU runs keep the layout, and so their exact results.
-        convolutional = any(isinstance(m, nn.Conv2d) for m in self.net.modules())
-        bf16 = str(self.trainer.precision).startswith("bf16")
-        self.channels_last = convolutional and (self.device.type == "cuda" or bf16)
+    def configure_model(self):
+        # Called before the strategy moves the network to its device (.to keeps the layout) and
+        # wraps it: DDP lays out its gradient buckets by the parameters' layout at that moment.
+        self.channels_last = prefers_channels_last(self.net, self.trainer.strategy.root_device)
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
 

@@ -31,6 +31,19 @@ def forward_in_pieces(net, x: torch.Tensor, piece: int = INFERENCE_PIECE) -> tor
     return torch.cat([net(x[i : i + piece]) for i in range(0, len(x), piece)])
 
 
+# Devices whose convolution kernels run faster on channels-last (NHWC) tensors: CUDA's, and the
+# CPU's oneDNN. A training step of the E3 CNN at batch 128 on the 2-core CPU took 98-107 ms on
+# NCHW tensors and 88-90 ms on NHWC ones; mnist_cnn's 4-epoch fit 186 s and 152 s. (MPS: not measured.)
+CHANNELS_LAST_DEVICES = ("cuda", "cpu")
+
+
+def prefers_channels_last(net: nn.Module, device: torch.device | str) -> bool:
+    """Whether ``net`` should train channels-last on ``device``: it convolves, and the device's
+    kernels are faster that way."""
+    convolutional = any(isinstance(m, nn.Conv2d) for m in net.modules())
+    return convolutional and torch.device(device).type in CHANNELS_LAST_DEVICES
+
+
 def _flat_dim(input_shape: Sequence[int]) -> int:
     return math.prod(input_shape)
 

@@ -7,6 +7,8 @@ window in the same order and keep the first maximum (or the first NaN), so they 
 values and the same indices. ``MaxPool2d`` pools a contiguous CPU tensor through the NHWC kernel
 and hands back contiguous tensors; its gradient is the NCHW kernel's, from those same indices.
 The rest of the network keeps its layout, so the convolutions, and every value, stay as they were.
+Training turns a CNN channels-last on the CPU anyway (nnlab.models.networks.prefers_channels_last);
+this serves the NCHW tensors of a network loaded to score or predict.
 """
 
 from __future__ import annotations
