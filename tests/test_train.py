@@ -157,47 +157,49 @@ def test_multirun_sweep_is_one_parent_run_with_a_child_per_job(project, tmp_path
     assert len(list((project / "logs" / "multirun").rglob("best.ckpt"))) == 2
 
 
-def test_ddp_on_two_cpu_processes_tracks_one_run(project, tmp_path):
-    uri = _store(tmp_path)
+def _ddp_training(project, *overrides: str) -> str:
+    """A training on two CPU processes that must succeed; its output, both streams."""
     result = run_module(
         "nnlab.train",
-        "experiment=blobs_linear",
         "trainer=ddp",
         "trainer.accelerator=cpu",
         "trainer.devices=2",
-        "trainer.max_epochs=3",
         "trainer.enable_progress_bar=false",
-        "logger.mlflow.log_model=false",
-        f"logger.mlflow.tracking_uri={uri}",
+        *overrides,
         cwd=REPO,
         NNLAB_ROOT=str(project),
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in output
+    return output
+
+
+def test_ddp_on_two_cpu_processes_tracks_one_run(project, tmp_path):
+    uri = _store(tmp_path)
+    _ddp_training(
+        project,
+        "experiment=blobs_linear",
+        "trainer.max_epochs=3",
+        "logger.mlflow.log_model=false",
+        f"logger.mlflow.tracking_uri={uri}",
+    )
     client, runs = _runs(uri)
     assert [r.info.status for r in runs] == ["FINISHED"]  # rank 0 alone records
     assert len(client.get_metric_history(runs[0].info.run_id, "val_acc")) == 3
     assert runs[0].data.metrics["test_acc"] == 1.0
 
 
-def test_ddp_buckets_the_gradients_of_a_channels_last_cnn_in_their_layout(project, tmp_path):
+def test_ddp_buckets_the_gradients_of_a_channels_last_cnn_in_their_layout(project):
     # The module turns a CNN channels-last before DDP wraps it; turned afterwards, every step
     # copies each convolution's gradient into a bucket of the other layout, with a warning.
-    result = run_module(
-        "nnlab.train",
+    output = _ddp_training(
+        project,
         "experiment=mnist_cnn",
         "model.channels=[4,8]",
         "model.hidden_size=16",
-        "trainer=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=4",
-        "trainer.enable_progress_bar=false",
         "logger=none",
-        cwd=REPO,
-        NNLAB_ROOT=str(project),
     )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr
-    assert "Grad strides do not match bucket view strides" not in result.stdout + result.stderr
+    assert "Grad strides do not match bucket view strides" not in output
