@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -92,6 +94,53 @@ def test_cnn_trains_to_the_same_weights_as_with_torch_pooling():
     assert not any(isinstance(m, MaxPool2d) for m in theirs.modules())
     assert all(torch.equal(p, q) for p, q in zip(ours.state_dict().values(), theirs.state_dict().values()))
     assert torch.equal(logits_ours, logits_theirs)
+
+
+def _textbook_order(net: CNN) -> CNN:
+    """A copy of ``net`` whose blocks run convolution, ReLU, then torch's own max pooling."""
+    twin = copy.deepcopy(net)
+    f = twin.features
+    twin.features = torch.nn.Sequential(
+        f[0], torch.nn.ReLU(), torch.nn.MaxPool2d(2), f[3], torch.nn.ReLU(), torch.nn.MaxPool2d(2)
+    )
+    return twin
+
+
+def _windows(x: torch.Tensor) -> torch.Tensor:
+    """The 2x2 pooling windows of ``x``, one per row of the last dimension."""
+    n, c, h, w = x.shape
+    return x.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(n, c, h // 2, w // 2, 4)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cnn_blocks_pool_before_the_relu_with_exactly_the_textbook_values_and_gradients(channels_last):
+    torch.manual_seed(0)
+    ours = CNN(channels=[4, 8], hidden_size=16)
+    with torch.no_grad():  # half-integer weights on integer pixels: many tied and many all-negative windows
+        for conv in (ours.features[0], ours.features[3]):
+            conv.weight.copy_(conv.weight.mul(4).round().div(2))
+            conv.bias.zero_()
+    theirs = _textbook_order(ours)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    ours, theirs = ours.to(memory_format=layout), theirs.to(memory_format=layout)
+    x = torch.randint(0, 3, (16, 1, 28, 28)).float().to(memory_format=layout)
+    windows = _windows(torch.relu(ours.features[0](x)))
+    top = windows.amax(-1)
+    assert ((windows == top.unsqueeze(-1)).sum(-1) > 1).logical_and(top > 0).any()  # a tie for a positive maximum
+    assert (top == 0).any()  # and a window the ReLU zeroes entirely
+    optimizers = [torch.optim.Adam(net.parameters(), lr=1e-2) for net in (ours, theirs)]
+    for step in range(4):
+        batch = x if step == 0 else torch.rand(16, 1, 28, 28).to(memory_format=layout)
+        logits = []
+        for net, optimizer in zip((ours, theirs), optimizers):
+            torch.manual_seed(step)  # the same dropout masks
+            optimizer.zero_grad()
+            logits.append(net(batch))
+            torch.nn.functional.cross_entropy(logits[-1], torch.arange(16) % 10).backward()
+            optimizer.step()
+        assert torch.equal(logits[0], logits[1])
+        assert all(torch.equal(p.grad, q.grad) for p, q in zip(ours.parameters(), theirs.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(ours.state_dict().values(), theirs.state_dict().values()))
 
 
 def _input_sizes(net: torch.nn.Module) -> list[int]:
