@@ -352,3 +352,15 @@ def test_a_registered_model_alias_works_too(root, new_shapes, mlflow_model, monk
     assert code == 0
     labels = [int(LINE.match(line)["label"]) for line in capsys.readouterr().out.splitlines()]
     assert labels == [label for _, label in new_shapes]
+
+
+def test_a_tracking_server_that_is_down_is_one_line_at_once(root, new_shapes, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    assert predict.main(["--model", "models:/shapes@champion", str(new_shapes[0][0])]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == (
+        "nnlab.predict: error: cannot load model models:/shapes@champion: tracking server http://127.0.0.1:9 "
+        "does not answer ([Errno 111] Connection refused); start it (make server) or point "
+        "MLFLOW_TRACKING_URI / logger.mlflow.tracking_uri elsewhere"
+    )
+    assert captured.out == ""

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from nnlab import reference_report, teaching
+from nnlab import compare, reference_report, teaching
 from nnlab.models.activations import ELEMENTWISE, softmax, softmax_jacobian
 from nnlab.train import train
 
@@ -58,7 +58,17 @@ def test_numpy_network_is_tracked_like_the_others(compose, project, tmp_path):
     assert "checkpoint/best.npz" in {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
 
 
-def test_reference_report_gives_mean_and_std_beside_the_published_figure(compose, project, tmp_path):
+def test_reference_report_gives_mean_and_std_beside_the_published_figure(compose, project, tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"reference": {"seeds": [1, 2], "experiments": ["ref_e5_blobs_linear"]}}))
+    with pytest.raises(SystemExit) as exited:  # before the runs exist: one line, no report
+        reference_report.main(["--params", str(params)])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "nnlab.reference_report: error: reference/metrics/ref_e5_blobs_linear-s1/train.json is missing: "
+        "run every reference experiment first (make reference)"
+    )
+    assert not (project / "reports" / "reference.md").exists()
     for seed in (1, 2):
         train(
             compose(
@@ -70,8 +80,6 @@ def test_reference_report_gives_mean_and_std_beside_the_published_figure(compose
                 "paths=reference",
             )
         )
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"reference": {"seeds": [1, 2], "experiments": ["ref_e5_blobs_linear"]}}))
     reference_report.main(["--params", str(params)])
     with (project / "reports" / "reference.csv").open() as handle:
         (row,) = list(csv.DictReader(handle))
@@ -128,3 +136,18 @@ def test_activation_derivatives_match_finite_differences():
 def test_e5_full_recipe_reaches_full_validation_accuracy(compose, project):
     summary = train(compose("experiment=ref_e5_blobs_linear", "logger=none"))
     assert summary["epochs"] == 1000 and summary["best_val_acc"] == 1.0
+
+
+def test_compare_before_the_experiments_ran_is_one_line(compose, project, tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"experiments": {"blobs_linear": {"data": "blobs", "model": "linear"}}}))
+    train(compose("experiment=blobs_linear", "trainer.max_epochs=1", "test_after_fit=false", "logger=none"))
+    capsys.readouterr()  # the training's own output
+    with pytest.raises(SystemExit) as exited:  # trained, not evaluated
+        compare.main(["--params", str(params)])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "nnlab.compare: error: metrics/blobs_linear/test.json is missing: "
+        "train and evaluate every experiment first (dvc repro)"
+    )
+    assert not (project / "reports" / "comparison.md").exists()

@@ -184,14 +184,16 @@ def test_impossible_values_are_refused_in_one_line(project, override, message):
     assert proc.stderr.strip().splitlines() == [f"nnlab.train: error: config: {message}"]
 
 
-def test_an_unreachable_tracking_server_is_one_line(project):
+@pytest.mark.parametrize("sweep", [[], ["-m", "optimizer.lr=0.1,0.2"]], ids=["run", "sweep"])
+def test_an_unreachable_tracking_server_is_one_line(project, sweep):
     proc = run_module(
         "nnlab.train",
+        *sweep,
         "experiment=blobs_linear",
         "trainer=cpu",
         "logger.mlflow.tracking_uri=http://127.0.0.1:9",
         cwd=project,
-        timeout=120,
+        timeout=120,  # MLflow's own client would retry for minutes
     )
     assert proc.returncode == 1
     assert (
@@ -199,6 +201,7 @@ def test_an_unreachable_tracking_server_is_one_line(project):
         .splitlines()[-1]
         .startswith("nnlab.train: error: tracking server http://127.0.0.1:9 does not answer")
     )
+    assert "Retrying" not in proc.stderr
 
 
 def test_an_ad_hoc_run_keeps_to_its_own_folder_and_evaluate_reads_it(project, tmp_path):
@@ -314,3 +317,46 @@ def test_one_bad_job_does_not_stop_a_sweep(project, tmp_path):
     assert jobs["1"].info.status == "FINISHED" and jobs["1"].data.metrics["best_val_acc"] == 1.0
     [parent] = [r for r in runs if r.data.tags.get("sweep") == "parent"]
     assert parent.data.tags["failed_jobs"] == "1" and parent.data.tags["best_child"] == jobs["1"].info.run_id
+
+
+def test_evaluate_against_a_store_without_the_training_run_stops_before_scoring(compose, project, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    train(
+        compose(
+            "experiment=blobs_linear",
+            "trainer.max_epochs=1",
+            "test_after_fit=false",
+            "logger.mlflow.log_model=false",
+            f"logger.mlflow.tracking_uri={uri}",
+        )
+    )
+    run_id = json.loads((project / "models" / "blobs_linear" / "run.json").read_text())["mlflow_run_id"]
+    test_json = project / "metrics" / "blobs_linear" / "test.json"
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    proc = run_module("nnlab.evaluate", "experiment=blobs_linear", cwd=project, MLFLOW_TRACKING_URI=other)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"nnlab.evaluate: error: {project / 'models' / 'blobs_linear' / 'best.ckpt'} was trained in MLflow run "
+        f"{run_id}, which tracking store {other} does not hold: use the store that has it (MLFLOW_TRACKING_URI "
+        "or logger.mlflow.tracking_uri), train it again (dvc repro -f train@blobs_linear) "
+        "or score without recording (logger=none)"
+    )
+    down = run_module(
+        "nnlab.evaluate", "experiment=blobs_linear", cwd=project, MLFLOW_TRACKING_URI="http://127.0.0.1:9"
+    )
+    assert down.returncode == 1
+    assert (
+        down.stderr.strip()
+        .splitlines()[-1]
+        .startswith("nnlab.evaluate: error: tracking server http://127.0.0.1:9 does not answer")
+    )
+    assert "Retrying" not in down.stderr
+    assert not test_json.exists()  # neither scored: nothing on disk disagrees with the store
+
+    unrecorded = run_module("nnlab.evaluate", "experiment=blobs_linear", "logger=none", cwd=project)
+    assert unrecorded.returncode == 0, unrecorded.stderr[-2000:]
+    assert json.loads(test_json.read_text())["test_acc"] == 1.0
+    recorded = run_module("nnlab.evaluate", "experiment=blobs_linear", cwd=project, MLFLOW_TRACKING_URI=uri)
+    assert recorded.returncode == 0, recorded.stderr[-2000:]
+    assert MlflowClient(uri).get_run(run_id).data.metrics["test_acc"] == 1.0
+    assert MlflowClient(other).search_runs([e.experiment_id for e in MlflowClient(other).search_experiments()]) == []

@@ -11,7 +11,9 @@ from pathlib import Path
 from nnlab.config.params import stage_setup
 from nnlab.report import plots
 from nnlab.report.references import REFERENCES, published_accuracy
-from nnlab.report.tables import console, read_history, read_json, read_training, write_rows
+from nnlab.report.tables import console, read_history, read_json, read_training, results_needed, write_rows
+
+PROG = "nnlab.compare"
 
 COLUMNS = (
     "experiment",
@@ -91,10 +93,11 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     root, experiments, out = stage_setup(__doc__, "experiments", argv=argv)
-    rows = [row_for(name, spec, root) for name, spec in experiments.items()]
+    with results_needed(PROG, root, "train and evaluate every experiment first (dvc repro)"):
+        rows = [row_for(name, spec, root) for name, spec in experiments.items()]
+        histories = {name: read_history(root / "plots" / name / "history.csv") for name in experiments}
     write_rows(out / "comparison.csv", rows, COLUMNS)
     (out / "comparison.md").write_text(markdown(rows))
-    histories = {name: read_history(root / "plots" / name / "history.csv") for name in experiments}
     plots.learning_curves(histories, out / "val_accuracy.png")
     console.print(f"comparison of {len(rows)} experiments -> {out / 'comparison.md'}")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from nnlab.config.compose import hydra_main
-from nnlab.config.errors import fail, first_line
+from nnlab.config.errors import TrackingError, fail, first_line
 from nnlab.config.paths import Outputs, register_resolvers
 from nnlab.config.schema import ConfigError, validate
 from nnlab.report.tables import console
@@ -32,12 +32,12 @@ def evaluate(cfg: DictConfig) -> dict:
     record = None
     if cfg.logger.get("mlflow"):  # MLflow is imported only when tracking
         from nnlab.tracking import record
-    run_id = record.evaluation_run_id(out.models) if record else None  # before scoring: a stale one stops here
+    run = record.evaluation_run(cfg, out.models) if record else None  # before scoring: see its docstring
     datamodule = plain_data(cfg.data)  # no Lightning: scoring needs no Trainer
     device = "cuda" if torch.cuda.is_available() else "cpu"
     metrics, files = score_and_write(net.to(device), datamodule, cfg.name, out.metrics, out.plots)
-    if run_id:
-        record.record_evaluation(cfg, run_id, datamodule, metrics, files)
+    if run:
+        record.record_evaluation(cfg, run, datamodule, metrics, files)
     console.print(
         f"[bold]{cfg.name}[/]: test accuracy {metrics['test_acc']:.4f}, loss {metrics['test_loss']:.4f} "
         f"on {metrics['n']} samples -> {out.metrics / 'test.json'}"
@@ -54,6 +54,8 @@ def _task(cfg: DictConfig) -> None:
         fail(PROG, f"{exc} (train it first: dvc repro train@{cfg.name})")
     except ValueError as exc:  # a checkpoint nnlab did not write or refuses, data that is wrong
         fail(PROG, first_line(exc))
+    except TrackingError as exc:  # the store is down, or lacks the run that trained the checkpoint
+        fail(PROG, str(exc), code=1)
 
 
 def main() -> None:

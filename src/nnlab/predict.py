@@ -75,10 +75,12 @@ def _from_mlflow(uri: str) -> Predictor:
     import mlflow
 
     from nnlab.config.paths import find_root
-    from nnlab.tracking.run import resolve_tracking_uri
+    from nnlab.tracking.run import check_reachable, resolve_tracking_uri
     from nnlab.tracking.served_model import requirement_check_without_scan
 
-    mlflow.set_tracking_uri(resolve_tracking_uri(None, find_root()))
+    tracking_uri = resolve_tracking_uri(None, find_root())
+    check_reachable(tracking_uri)  # a server that is down: one line now, not minutes of retries
+    mlflow.set_tracking_uri(tracking_uri)
     with _quiet_mlflow(), requirement_check_without_scan():
         model = mlflow.pyfunc.load_model(uri)
     _check_schema(uri, model.metadata.get_input_schema())

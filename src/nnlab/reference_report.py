@@ -12,7 +12,9 @@ from pathlib import Path
 from nnlab.config.params import stage_setup
 from nnlab.report import plots
 from nnlab.report.references import PUBLISHED_LOSSES, REFERENCES, published_accuracy
-from nnlab.report.tables import console, read_history, read_json, read_training, write_rows
+from nnlab.report.tables import console, read_history, read_json, read_training, results_needed, write_rows
+
+PROG = "nnlab.reference_report"
 
 COLUMNS = (
     "experiment",
@@ -108,12 +110,13 @@ def markdown(rows: list[dict], runs_by_experiment: dict[str, list[dict]], summar
 
 def main(argv: list[str] | None = None) -> None:
     root, params, out = stage_setup(__doc__, "reference", argv=argv)
-    runs_by_experiment = {exp: _runs(root, exp, params["seeds"]) for exp in params["experiments"]}
+    with results_needed(PROG, root, "run every reference experiment first (make reference)"):
+        runs_by_experiment = {exp: _runs(root, exp, params["seeds"]) for exp in params["experiments"]}
+        summaries = {
+            exp: (root / "reference" / "models" / f"{exp}-s{params['seeds'][0]}" / "model_summary.txt").read_text()
+            for exp in params["experiments"]
+        }
     rows = [row_for(exp, runs) for exp, runs in runs_by_experiment.items()]
-    summaries = {
-        exp: (root / "reference" / "models" / f"{exp}-s{params['seeds'][0]}" / "model_summary.txt").read_text()
-        for exp in params["experiments"]
-    }
     write_rows(out / "reference.csv", rows, COLUMNS)
     plots.reference_losses(runs_by_experiment, PUBLISHED_LOSSES, out / "reference_losses.png")
     (out / "reference.md").write_text(markdown(rows, runs_by_experiment, summaries))

@@ -6,6 +6,11 @@ import sys
 from typing import NoReturn
 
 
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used (one-line message naming the URI and the fix). Here, not
+    in nnlab.tracking, so that a stage can catch it without importing MLflow."""
+
+
 def first_line(exc: BaseException | str) -> str:
     """The first non-empty line of an error (its type's name if it has no text)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -11,6 +13,20 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
+
+
+@contextmanager
+def results_needed(prog: str, root: Path, fix: str) -> Iterator[None]:
+    """A report read outside the pipeline (by hand, before its inputs exist): a missing results
+    file is one line naming it and ``fix``, not a traceback."""
+    try:
+        yield
+    except FileNotFoundError as exc:
+        from nnlab.config.errors import fail
+
+        missing = Path(exc.filename)
+        shown = missing.relative_to(root) if missing.is_relative_to(root) else missing
+        fail(prog, f"{shown} is missing: {fix}")
 
 
 def write_json(path: Path, data: dict) -> None:

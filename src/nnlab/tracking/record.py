@@ -14,10 +14,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from nnlab.config.errors import TrackingError
 from nnlab.config.paths import Outputs, portable
 from nnlab.data.integrity import data_hash
 from nnlab.report.tables import read_json, write_json
-from nnlab.tracking.run import Run, existing_run, flatten, open_run, process_tags, system_metrics
+from nnlab.tracking.run import Run, RunNotFound, existing_run, flatten, open_run, process_tags, system_metrics
 from nnlab.tracking.sweep import sweep_tags
 
 
@@ -224,6 +225,24 @@ def record_results(
     return record
 
 
+def evaluation_run(cfg: DictConfig, models_dir: Path) -> Run | None:
+    """The MLflow run that trained models_dir/best.ckpt, found before anything is scored, so that a
+    stale checkpoint, a store that is down or one without that run stops the stage with one line
+    and nothing written. None when the checkpoint names no run (trained with logger=none)."""
+    run_id = evaluation_run_id(models_dir)
+    if not run_id:
+        return None
+    try:
+        return existing_run(run_id, Path(cfg.paths.root_dir), cfg.logger.mlflow.tracking_uri)
+    except RunNotFound as exc:
+        raise TrackingError(
+            f"{models_dir / 'best.ckpt'} was trained in MLflow run {run_id}, which tracking store "
+            f"{exc.uri} does not hold: use the store that has it (MLFLOW_TRACKING_URI or "
+            f"logger.mlflow.tracking_uri), train it again (dvc repro -f train@{models_dir.name}) "
+            "or score without recording (logger=none)"
+        ) from None
+
+
 def evaluation_run_id(models_dir: Path) -> str | None:
     """The MLflow run that trained models_dir/best.ckpt: the id inside it, which run.json (when
     present) must name too; a mismatch means one of them is stale (a crashed re-run)."""
@@ -239,13 +258,10 @@ def evaluation_run_id(models_dir: Path) -> str | None:
     return checkpoint_run_id or recorded
 
 
-def record_evaluation(cfg: DictConfig, run_id: str | None, datamodule, metrics: dict, files: list[Path]) -> str | None:
+def record_evaluation(cfg: DictConfig, run: Run, datamodule, metrics: dict, files: list[Path]) -> str:
     """Add the test set and results to the MLflow run that trained the checkpoint."""
-    mlflow_cfg = cfg.logger.get("mlflow")
-    if not mlflow_cfg or not run_id:
-        return None
-    run = existing_run(run_id, Path(cfg.paths.root_dir), mlflow_cfg.tracking_uri)
     log_test_results(run, metrics, files, log_datasets(run, cfg, datamodule, ("test",))["test"])
+    mlflow_cfg = cfg.logger.mlflow
     if mlflow_cfg.register and mlflow_cfg.log_model:
         run.register_champion(f"nnlab-{cfg.name}")
     return run.run_id

@@ -16,7 +16,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from nnlab.config.errors import first_line
+from nnlab.config.errors import TrackingError, first_line
 from nnlab.config.paths import store_root
 from nnlab.config.schema import TRACKING_SCHEMES
 from nnlab.tracking.credentials import strip_credentials
@@ -27,10 +27,6 @@ NOISE_KEYS = ("_target_", "_partial_")
 
 def default_tracking_uri(root: Path) -> str:
     return f"sqlite:///{store_root(root).resolve() / 'mlflow.db'}"
-
-
-class TrackingError(RuntimeError):
-    """The tracking store cannot be used (one-line message naming the URI and the fix)."""
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -332,5 +328,25 @@ def store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class RunNotFound(TrackingError):
+    """The store answers but holds no run of that id."""
+
+    def __init__(self, uri: str, run_id: str):
+        super().__init__(f"tracking store {uri} has no run {run_id}")
+        self.uri, self.run_id = uri, run_id
+
+
 def existing_run(run_id: str, root: Path, tracking_uri: str | None = None) -> Run:
-    return Run(MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri, root)), run_id)
+    """Run ``run_id`` of the store, checked first: a server that is down would otherwise be retried
+    for minutes, and a missing run fail with a traceback after the work that was to be recorded."""
+    uri = resolve_tracking_uri(tracking_uri, root)
+    check_reachable(uri)
+    with store_lock(uri):
+        client = MlflowClient(tracking_uri=uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise RunNotFound(uri, run_id) from None
+    return Run(client, run_id)

@@ -18,8 +18,9 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
+from nnlab.config.errors import TrackingError, fail
 from nnlab.config.paths import find_root
-from nnlab.tracking.run import experiment_id, resolve_tracking_uri, store_lock
+from nnlab.tracking.run import check_reachable, experiment_id, resolve_tracking_uri, store_lock
 from nnlab.tracking.search import trial_tags
 
 PARENT_ENV = "NNLAB_SWEEP_PARENT_RUN_ID"
@@ -51,6 +52,10 @@ class MlflowSweepCallback(Callback):
             return
         root = find_root()
         uri = resolve_tracking_uri(mlflow_cfg.tracking_uri, root)
+        try:  # before any job: MLflow's client would retry a server that is down for minutes
+            check_reachable(uri)
+        except TrackingError as exc:
+            fail(f"nnlab.{config.hydra.job.name}", str(exc), code=1)
         with store_lock(uri):  # two searches started at once on a new store: one creates it
             self.client = MlflowClient(tracking_uri=uri)
             exp = experiment_id(self.client, mlflow_cfg.experiment_name, root, uri)
