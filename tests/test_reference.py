@@ -58,13 +58,18 @@ def test_numpy_network_is_tracked_like_the_others(compose, project, tmp_path):
     assert "checkpoint/best.npz" in {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
 
 
+def _refused(main, params, capsys) -> str:
+    """What a report stage says on stderr when it exits 2 (bad input)."""
+    with pytest.raises(SystemExit) as exited:
+        main(["--params", str(params)])
+    assert exited.value.code == 2
+    return capsys.readouterr().err.strip()
+
+
 def test_reference_report_gives_mean_and_std_beside_the_published_figure(compose, project, tmp_path, capsys):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"reference": {"seeds": [1, 2], "experiments": ["ref_e5_blobs_linear"]}}))
-    with pytest.raises(SystemExit) as exited:  # before the runs exist: one line, no report
-        reference_report.main(["--params", str(params)])
-    assert exited.value.code == 2
-    assert capsys.readouterr().err.strip() == (
+    assert _refused(reference_report.main, params, capsys) == (  # before the runs exist
         "nnlab.reference_report: error: reference/metrics/ref_e5_blobs_linear-s1/train.json is missing: "
         "run every reference experiment first (make reference)"
     )
@@ -143,10 +148,7 @@ def test_compare_before_the_experiments_ran_is_one_line(compose, project, tmp_pa
     params.write_text(yaml.safe_dump({"experiments": {"blobs_linear": {"data": "blobs", "model": "linear"}}}))
     train(compose("experiment=blobs_linear", "trainer.max_epochs=1", "test_after_fit=false", "logger=none"))
     capsys.readouterr()  # the training's own output
-    with pytest.raises(SystemExit) as exited:  # trained, not evaluated
-        compare.main(["--params", str(params)])
-    assert exited.value.code == 2
-    assert capsys.readouterr().err.strip() == (
+    assert _refused(compare.main, params, capsys) == (  # trained, not evaluated
         "nnlab.compare: error: metrics/blobs_linear/test.json is missing: "
         "train and evaluate every experiment first (dvc repro)"
     )

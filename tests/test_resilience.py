@@ -228,7 +228,8 @@ def test_an_ad_hoc_run_keeps_to_its_own_folder_and_evaluate_reads_it(project, tm
     assert MlflowClient(uri).get_run(run_id).data.metrics["test_acc"] == 1.0
 
 
-def test_evaluate_refuses_a_checkpoint_and_run_json_that_do_not_belong_together(compose, project, tmp_path):
+def _train_blobs_for_evaluate(compose, tmp_path) -> str:
+    """Train blobs_linear for one epoch into models/ (not tested yet); the store's URI."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     train(
         compose(
@@ -239,6 +240,11 @@ def test_evaluate_refuses_a_checkpoint_and_run_json_that_do_not_belong_together(
             f"logger.mlflow.tracking_uri={uri}",
         )
     )
+    return uri
+
+
+def test_evaluate_refuses_a_checkpoint_and_run_json_that_do_not_belong_together(compose, project, tmp_path):
+    uri = _train_blobs_for_evaluate(compose, tmp_path)
     run_json = project / "models" / "blobs_linear" / "run.json"
     real = json.loads(run_json.read_text())["mlflow_run_id"]
     run_json.write_text(json.dumps({"mlflow_run_id": "0" * 32}))  # a stale record from another run
@@ -320,16 +326,7 @@ def test_one_bad_job_does_not_stop_a_sweep(project, tmp_path):
 
 
 def test_evaluate_against_a_store_without_the_training_run_stops_before_scoring(compose, project, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    train(
-        compose(
-            "experiment=blobs_linear",
-            "trainer.max_epochs=1",
-            "test_after_fit=false",
-            "logger.mlflow.log_model=false",
-            f"logger.mlflow.tracking_uri={uri}",
-        )
-    )
+    uri = _train_blobs_for_evaluate(compose, tmp_path)
     run_id = json.loads((project / "models" / "blobs_linear" / "run.json").read_text())["mlflow_run_id"]
     test_json = project / "metrics" / "blobs_linear" / "test.json"
     other = f"sqlite:///{tmp_path / 'other.db'}"
