@@ -325,35 +325,36 @@ def test_one_bad_job_does_not_stop_a_sweep(project, tmp_path):
     assert parent.data.tags["failed_jobs"] == "1" and parent.data.tags["best_child"] == jobs["1"].info.run_id
 
 
-def test_evaluate_against_a_store_without_the_training_run_stops_before_scoring(compose, project, tmp_path):
+def test_evaluate_against_a_store_without_the_training_run_stops_before_scoring(compose, project, tmp_path, capsys):
+    from nnlab import evaluate
+
+    def refusal(*overrides: str) -> str:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exited:
+            evaluate._task(compose("experiment=blobs_linear", *overrides))
+        assert exited.value.code == 1
+        return capsys.readouterr().err.strip()
+
     uri = _train_blobs_for_evaluate(compose, tmp_path)
     run_id = json.loads((project / "models" / "blobs_linear" / "run.json").read_text())["mlflow_run_id"]
     test_json = project / "metrics" / "blobs_linear" / "test.json"
     other = f"sqlite:///{tmp_path / 'other.db'}"
-    proc = run_module("nnlab.evaluate", "experiment=blobs_linear", cwd=project, MLFLOW_TRACKING_URI=other)
-    assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1] == (
-        f"nnlab.evaluate: error: {project / 'models' / 'blobs_linear' / 'best.ckpt'} was trained in MLflow run "
-        f"{run_id}, which tracking store {other} does not hold: use the store that has it (MLFLOW_TRACKING_URI "
-        "or logger.mlflow.tracking_uri), train it again (dvc repro -f train@blobs_linear) "
-        "or score without recording (logger=none)"
-    )
-    down = run_module(
-        "nnlab.evaluate", "experiment=blobs_linear", cwd=project, MLFLOW_TRACKING_URI="http://127.0.0.1:9"
-    )
-    assert down.returncode == 1
-    assert (
-        down.stderr.strip()
-        .splitlines()[-1]
-        .startswith("nnlab.evaluate: error: tracking server http://127.0.0.1:9 does not answer")
-    )
-    assert "Retrying" not in down.stderr
+    MlflowClient(other).search_experiments()  # a store that exists, without that run
+    for store in (other, f"sqlite:///{tmp_path / 'typo.db'}"):
+        assert refusal(f"logger.mlflow.tracking_uri={store}") == (
+            f"nnlab.evaluate: error: {project / 'models' / 'blobs_linear' / 'best.ckpt'} was trained in MLflow "
+            f"run {run_id}, which tracking store {store} does not hold: use the store that has it "
+            "(MLFLOW_TRACKING_URI or logger.mlflow.tracking_uri), train it again (dvc repro -f train@blobs_linear) "
+            "or score without recording (logger=none)"
+        )
+    assert not (tmp_path / "typo.db").exists()  # looking for the run did not create a store there
+    assert refusal("logger.mlflow.tracking_uri=http://127.0.0.1:9").startswith(
+        "nnlab.evaluate: error: tracking server http://127.0.0.1:9 does not answer"
+    )  # at once: MLflow's client would retry it for minutes
     assert not test_json.exists()  # neither scored: nothing on disk disagrees with the store
 
-    unrecorded = run_module("nnlab.evaluate", "experiment=blobs_linear", "logger=none", cwd=project)
-    assert unrecorded.returncode == 0, unrecorded.stderr[-2000:]
+    assert evaluate.evaluate(compose("experiment=blobs_linear", "logger=none"))["test_acc"] == 1.0
     assert json.loads(test_json.read_text())["test_acc"] == 1.0
-    recorded = run_module("nnlab.evaluate", "experiment=blobs_linear", cwd=project, MLFLOW_TRACKING_URI=uri)
-    assert recorded.returncode == 0, recorded.stderr[-2000:]
+    evaluate.evaluate(compose("experiment=blobs_linear", f"logger.mlflow.tracking_uri={uri}"))
     assert MlflowClient(uri).get_run(run_id).data.metrics["test_acc"] == 1.0
     assert MlflowClient(other).search_runs([e.experiment_id for e in MlflowClient(other).search_experiments()]) == []

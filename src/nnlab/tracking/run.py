@@ -341,6 +341,8 @@ def existing_run(run_id: str, root: Path, tracking_uri: str | None = None) -> Ru
     for minutes, and a missing run fail with a traceback after the work that was to be recorded."""
     uri = resolve_tracking_uri(tracking_uri, root)
     check_reachable(uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise RunNotFound(uri, run_id)  # and looking must not create an empty store there
     with store_lock(uri):
         client = MlflowClient(tracking_uri=uri)
     try:
