@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,88 @@ def test_a_name_that_is_not_plain_is_refused_before_anything_is_written(project,
         f"starting with a letter or digit), got {name!r}"
     ]
     assert not (project / "models").exists() and not (project.parent / "x").exists()
+
+
+class _RunsShell:
+    """Unpickling this calls os.system: what a crafted checkpoint would do with torch.load's
+    default before PyTorch 2.6, or with weights_only=False."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def _shell_checkpoint(path: Path, marker: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {}, "nnlab_config": {}, "payload": _RunsShell(f"touch {marker}")}, path)
+    return path
+
+
+def _names_system(path: Path) -> str:
+    return f"{path} names posix.system, which a checkpoint of tensors and plain values never does: refused, and nothing in it was run"
+
+
+def test_a_checkpoint_that_names_code_is_refused_by_name_in_predict(tmp_path):
+    marker = tmp_path / "pwned.txt"
+    ckpt = _shell_checkpoint(tmp_path / "shell.ckpt", marker)
+    proc = run_module("nnlab.predict", "--model", str(ckpt), str(_digit(tmp_path / "d.png")), cwd=tmp_path, timeout=120)
+    assert not marker.exists()
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"nnlab.predict: error: cannot load model {ckpt}: {_names_system(ckpt)}"
+    ]
+
+
+def test_a_checkpoint_that_names_code_is_refused_by_name_in_evaluate(project, tmp_path):
+    marker = tmp_path / "pwned.txt"
+    ckpt = _shell_checkpoint(project / "models" / "shell" / "best.ckpt", marker)
+    proc = run_module(
+        "nnlab.evaluate", "experiment=mnist_linear", "name=shell", "trainer=cpu", cwd=project, timeout=120
+    )
+    assert not marker.exists()
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"nnlab.evaluate: error: {_names_system(ckpt)}"]
+    assert not (project / "metrics").exists()
+
+
+def test_resuming_from_a_last_checkpoint_that_names_code_is_one_line(project, tmp_path):
+    marker = tmp_path / "pwned.txt"
+    folder = project / "logs" / "runs" / "shell" / "2026-01-01_00-00-00"
+    last = _shell_checkpoint(folder / "models" / "last.ckpt", marker)
+    proc = run_module(
+        "nnlab.train", "experiment=blobs_linear", "name=shell", "trainer=cpu", "resume=true", cwd=project, timeout=120
+    )
+    assert not marker.exists()
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"nnlab.train: error: config: resume: {_names_system(last)}; delete {folder} or run without resume=true"
+    ]
+
+
+def _cut_short(path: Path) -> Path:
+    torch.save({"state_dict": {"w": torch.zeros(4096)}, "nnlab_config": {}}, path)
+    path.write_bytes(path.read_bytes()[:5000])
+    return path
+
+
+@pytest.mark.parametrize(
+    "write, reason",
+    [
+        (lambda p: p.write_bytes(b""), "is not a PyTorch checkpoint (empty, cut short, or another kind of file)"),
+        (_cut_short, "is not a PyTorch checkpoint (empty, cut short, or another kind of file)"),
+        (lambda p: p.write_text("hello\n"), "is not a PyTorch checkpoint (empty, cut short, or another kind of file)"),
+        (lambda p: torch.save([1, 2], p), "was not written by nnlab (it holds a list, not a mapping)"),
+        (lambda p: torch.save({"a": 1}, p), "was not written by nnlab (no nnlab_config inside)"),
+    ],
+    ids=["empty", "cut-short", "text", "list", "foreign"],
+)
+def test_a_file_that_is_not_an_nnlab_checkpoint_is_one_plain_reason(tmp_path, write, reason):
+    from nnlab.predict import ModelError, load_model
+
+    path = tmp_path / "model.ckpt"
+    write(path)
+    with pytest.raises(ModelError) as error:
+        load_model(str(path))
+    assert str(error.value) == f"cannot load model {path}: {path} {reason}"

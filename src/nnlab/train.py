@@ -64,12 +64,22 @@ def run_outputs(cfg: DictConfig) -> tuple[Outputs, Outputs | None]:
     return Outputs.in_folder(work), final
 
 
+def resumed_run_id(out: Outputs) -> str | None:
+    """The MLflow run that the unfinished run in ``out`` continues; a last.ckpt that is damaged or
+    not nnlab's is a config error naming it (Lightning would print torch's traceback)."""
+    from nnlab.models.checkpoint import saved_run_id
+
+    try:
+        return saved_run_id(out.models / "last.ckpt")
+    except ValueError as exc:
+        raise ConfigError(f"resume: {exc}; delete {out.models.parent} or run without resume=true") from None
+
+
 def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     """Fit, keep the best checkpoint by validation loss, record everything. Returns the summary."""
     import lightning as L
     from hydra.utils import instantiate
 
-    from nnlab.models.checkpoint import saved_run_id
     from nnlab.tracking import record, search
     from nnlab.training.evaluation import score_and_write
     from nnlab.training.fit import fitter_for, run_summary
@@ -86,7 +96,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out, final = run_outputs(cfg)
     out.make()
-    resume_id = saved_run_id(out.models / "last.ckpt") if cfg.resume else None
+    resume_id = resumed_run_id(out) if cfg.resume else None
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if not cfg.resume:
         (out.models / "config.yaml").write_text(OmegaConf.to_yaml(resolved))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -33,18 +35,43 @@ def build_network(model: Any) -> nn.Module:
     return NETWORKS[target](**{f.name: getattr(spec, f.name) for f in fields(spec) if f.name != "_target_"})
 
 
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint's contents, loaded as tensors and plain values only (nothing the file names is
+    imported or run). Its failures become one ValueError line: torch's own are a bare number (a
+    text file), empty (an empty file), or advice to load with ``weights_only=False``, which would
+    run whatever a crafted file names."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise
+    except pickle.UnpicklingError as exc:
+        named = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if named:
+            raise ValueError(
+                f"{path} names {named[1]}, which a checkpoint of tensors and plain values never does: "
+                "refused, and nothing in it was run"
+            ) from None
+        raise ValueError(f"{path} is not a PyTorch checkpoint (its contents do not unpickle)") from None
+    except Exception:  # EOFError (empty), OSError (truncated), KeyError (text), RuntimeError (bad zip)
+        raise ValueError(f"{path} is not a PyTorch checkpoint (empty, cut short, or another kind of file)") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} was not written by nnlab (it holds a {type(state).__name__}, not a mapping)")
+    return state
+
+
 def saved_run_id(path: str | Path) -> str | None:
     """The MLflow run id a checkpoint carries (None: untracked, or written before run ids travelled)."""
-    run_id = torch.load(path, map_location="cpu", weights_only=True).get(RUN_ID_KEY)
+    run_id = read_checkpoint(path).get(RUN_ID_KEY)
     return run_id if isinstance(run_id, str) else None
 
 
 def load_network(path: str | Path) -> tuple[nn.Module, DictConfig]:
     """(network with the checkpoint's weights, in eval mode; the config it was trained with)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path)
     if CONFIG_KEY not in state:
         raise ValueError(f"{path} was not written by nnlab (no {CONFIG_KEY} inside)")
     saved = state[CONFIG_KEY]
@@ -64,7 +91,7 @@ def load_network(path: str | Path) -> tuple[nn.Module, DictConfig]:
 def network_only(checkpoint: str | Path, target: Path) -> Path:
     """A copy of ``checkpoint`` with only what ``load_network`` reads (config and network weights):
     what a deployed model needs, without optimizer state or the training's run id."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = read_checkpoint(checkpoint)
     weights = {k: v for k, v in state["state_dict"].items() if k.startswith("net.")}
     torch.save({CONFIG_KEY: state[CONFIG_KEY], "state_dict": weights}, target)
     return target

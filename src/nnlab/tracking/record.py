@@ -258,10 +258,9 @@ def evaluation_run_id(models_dir: Path) -> str | None:
     return checkpoint_run_id or recorded
 
 
-def record_evaluation(cfg: DictConfig, run: Run, datamodule, metrics: dict, files: list[Path]) -> str:
+def record_evaluation(cfg: DictConfig, run: Run, datamodule, metrics: dict, files: list[Path]) -> None:
     """Add the test set and results to the MLflow run that trained the checkpoint."""
     log_test_results(run, metrics, files, log_datasets(run, cfg, datamodule, ("test",))["test"])
     mlflow_cfg = cfg.logger.mlflow
     if mlflow_cfg.register and mlflow_cfg.log_model:
         run.register_champion(f"nnlab-{cfg.name}")
-    return run.run_id

@@ -20,6 +20,7 @@ from nnlab.config.errors import TrackingError, first_line
 from nnlab.config.paths import store_root
 from nnlab.config.schema import TRACKING_SCHEMES
 from nnlab.tracking.credentials import strip_credentials
+from nnlab.tracking.sqlite import creation_lock, sqlite_file
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 NOISE_KEYS = ("_target_", "_partial_")
@@ -310,22 +311,12 @@ def mark_dead_runs_killed(client: MlflowClient, exp_id: str, run_name: str) -> l
 
 @contextmanager
 def store_lock(uri: str) -> Iterator[None]:
-    """An exclusive file lock beside a SQLite store while it may be created or migrated: eight
-    trainings started at once on a new store otherwise race to create its tables."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    import fcntl
-
-    path = Path(uri.removeprefix("sqlite:///")).with_suffix(".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
+    """A new SQLite store is created and migrated under its creation lock: eight trainings started
+    at once on a new store otherwise race to create its tables."""
+    with creation_lock(uri):
+        if sqlite_file(uri) is not None:
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # creates and migrates the store
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
 
 
 class RunNotFound(TrackingError):
@@ -341,7 +332,8 @@ def existing_run(run_id: str, root: Path, tracking_uri: str | None = None) -> Ru
     for minutes, and a missing run fail with a traceback after the work that was to be recorded."""
     uri = resolve_tracking_uri(tracking_uri, root)
     check_reachable(uri)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+    database = sqlite_file(uri)
+    if database is not None and not database.is_file():
         raise RunNotFound(uri, run_id)  # and looking must not create an empty store there
     with store_lock(uri):
         client = MlflowClient(tracking_uri=uri)

@@ -15,12 +15,12 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from nnlab.tracking.credentials import STORAGE_ENV, redacted
+from nnlab.tracking.sqlite import creation_lock
 
 # STORAGE_ENV is NNLAB_OPTUNA_STORAGE: the study's database (a team's PostgreSQL) when storage is null.
 
@@ -94,25 +94,6 @@ def retrying(call: Callable[[], Any]) -> Any:
     raise AssertionError("unreachable")
 
 
-@contextmanager
-def _file_lock(url: str) -> Iterator[None]:
-    """A file lock beside a SQLite database while its tables may be created (processes started
-    together otherwise race to create them)."""
-    if not url.startswith("sqlite:///"):
-        yield
-        return
-    import fcntl
-
-    path = Path(url.removeprefix("sqlite:///"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.with_name(path.name + ".lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def open_storage(url: str, create: bool = True):
     """Optuna's RDB storage for ``url``: SQLite waits up to a minute for a lock instead of failing
     at once; other databases check pooled connections before use."""
@@ -121,7 +102,7 @@ def open_storage(url: str, create: bool = True):
     sqlite = url.startswith("sqlite:")
     engine_kwargs = {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
     try:
-        with _file_lock(url):
+        with creation_lock(url):
             return retrying(
                 lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=not create)
             )

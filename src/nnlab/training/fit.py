@@ -196,7 +196,8 @@ def _lightning_fitter(
 
     def fit():
         try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if cfg.resume else None)
+            # weights_only: tensors and plain values, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if cfg.resume else None, weights_only=True)
         except SystemExit:  # Lightning turns Ctrl-C into exit code 1: keep it an interrupt
             if trainer.interrupted:
                 raise KeyboardInterrupt("training interrupted") from None

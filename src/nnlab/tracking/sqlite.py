@@ -1,0 +1,33 @@
+"""SQLite databases of the stores (MLflow's mlflow.db, Optuna's optuna.db): their file, and a lock
+beside it. Imports nothing heavy, so Optuna's side does not pay for MLflow or the reverse."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL; None for any other database or store."""
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+@contextmanager
+def creation_lock(url: str) -> Iterator[None]:
+    """An exclusive lock on ``<database>.lock`` while the tables of a SQLite database may be
+    created or migrated: processes started together otherwise race to create them. Other
+    databases lock themselves: nothing to do."""
+    database = sqlite_file(url)
+    if database is None:
+        yield
+        return
+    import fcntl
+
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with database.with_name(database.name + ".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
