@@ -22,17 +22,19 @@ def evaluate(cfg: DictConfig) -> dict:
     import torch  # here, not at the top: --help and config errors need no torch
 
     from nnlab.data.tensors import plain_data
-    from nnlab.models.checkpoint import load_network
+    from nnlab.models.checkpoint import network_from, read_checkpoint, run_id_in
     from nnlab.training.evaluation import score_and_write
 
     register_resolvers()  # ${nnlab_root:} also in a launcher's worker process
     validate(cfg)
     out = Outputs.in_folder(Path(cfg.run_dir)) if cfg.run_dir else Outputs.canonical(cfg.paths, cfg.name)
-    net, _ = load_network(out.models / "best.ckpt")
+    checkpoint = read_checkpoint(out.models / "best.ckpt")  # once: the network and its run id
+    net, _ = network_from(checkpoint, out.models / "best.ckpt")
     record = None
     if cfg.logger.get("mlflow"):  # MLflow is imported only when tracking
         from nnlab.tracking import record
-    run = record.evaluation_run(cfg, out.models) if record else None  # before scoring: see its docstring
+    # before scoring: see its docstring
+    run = record.evaluation_run(cfg, out.models, run_id_in(checkpoint)) if record else None
     datamodule = plain_data(cfg.data)  # no Lightning: scoring needs no Trainer
     device = "cuda" if torch.cuda.is_available() else "cpu"
     metrics, files = score_and_write(net.to(device), datamodule, cfg.name, out.metrics, out.plots)

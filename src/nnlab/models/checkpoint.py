@@ -62,16 +62,25 @@ def read_checkpoint(path: str | Path) -> dict:
     return state
 
 
-def saved_run_id(path: str | Path) -> str | None:
-    """The MLflow run id a checkpoint carries (None: untracked, or written before run ids travelled)."""
-    run_id = read_checkpoint(path).get(RUN_ID_KEY)
+def run_id_in(state: dict) -> str | None:
+    """The MLflow run id a checkpoint's contents carry (None: untracked, or written before run ids
+    travelled)."""
+    run_id = state.get(RUN_ID_KEY)
     return run_id if isinstance(run_id, str) else None
+
+
+def saved_run_id(path: str | Path) -> str | None:
+    """The MLflow run id the checkpoint at ``path`` carries."""
+    return run_id_in(read_checkpoint(path))
 
 
 def load_network(path: str | Path) -> tuple[nn.Module, DictConfig]:
     """(network with the checkpoint's weights, in eval mode; the config it was trained with)."""
-    path = Path(path)
-    state = read_checkpoint(path)
+    return network_from(read_checkpoint(path), Path(path))
+
+
+def network_from(state: dict, path: Path) -> tuple[nn.Module, DictConfig]:
+    """``load_network`` of contents already read from ``path`` (named in the errors)."""
     if CONFIG_KEY not in state:
         raise ValueError(f"{path} was not written by nnlab (no {CONFIG_KEY} inside)")
     saved = state[CONFIG_KEY]

@@ -225,11 +225,12 @@ def record_results(
     return record
 
 
-def evaluation_run(cfg: DictConfig, models_dir: Path) -> Run | None:
-    """The MLflow run that trained models_dir/best.ckpt, found before anything is scored, so that a
-    stale checkpoint, a store that is down or one without that run stops the stage with one line
-    and nothing written. None when the checkpoint names no run (trained with logger=none)."""
-    run_id = evaluation_run_id(models_dir)
+def evaluation_run(cfg: DictConfig, models_dir: Path, checkpoint_run_id: str | None) -> Run | None:
+    """The MLflow run that trained models_dir/best.ckpt (which carries ``checkpoint_run_id``), found
+    before anything is scored, so that a stale checkpoint, a store that is down or one without that
+    run stops the stage with one line and nothing written. None when the checkpoint names no run
+    (trained with logger=none)."""
+    run_id = evaluation_run_id(models_dir, checkpoint_run_id)
     if not run_id:
         return None
     try:
@@ -243,12 +244,9 @@ def evaluation_run(cfg: DictConfig, models_dir: Path) -> Run | None:
         ) from None
 
 
-def evaluation_run_id(models_dir: Path) -> str | None:
+def evaluation_run_id(models_dir: Path, checkpoint_run_id: str | None) -> str | None:
     """The MLflow run that trained models_dir/best.ckpt: the id inside it, which run.json (when
     present) must name too; a mismatch means one of them is stale (a crashed re-run)."""
-    from nnlab.models.checkpoint import saved_run_id
-
-    checkpoint_run_id = saved_run_id(models_dir / "best.ckpt")
     recorded = read_json(models_dir / "run.json").get("mlflow_run_id") if (models_dir / "run.json").is_file() else None
     if checkpoint_run_id and recorded and checkpoint_run_id != recorded:
         raise ValueError(

@@ -313,8 +313,8 @@ def mark_dead_runs_killed(client: MlflowClient, exp_id: str, run_name: str) -> l
 def store_lock(uri: str) -> Iterator[None]:
     """A new SQLite store is created and migrated under its creation lock: eight trainings started
     at once on a new store otherwise race to create its tables."""
-    with creation_lock(uri):
-        if sqlite_file(uri) is not None:
+    with creation_lock(uri) as database:
+        if database is not None:
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # creates and migrates the store
         yield
 

@@ -14,13 +14,13 @@ def sqlite_file(url: str) -> Path | None:
 
 
 @contextmanager
-def creation_lock(url: str) -> Iterator[None]:
+def creation_lock(url: str) -> Iterator[Path | None]:
     """An exclusive lock on ``<database>.lock`` while the tables of a SQLite database may be
     created or migrated: processes started together otherwise race to create them. Other
-    databases lock themselves: nothing to do."""
+    databases lock themselves: nothing to do. Yields the database file (None: not SQLite)."""
     database = sqlite_file(url)
     if database is None:
-        yield
+        yield None
         return
     import fcntl
 
@@ -28,6 +28,6 @@ def creation_lock(url: str) -> Iterator[None]:
     with database.with_name(database.name + ".lock").open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            yield database
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
