@@ -134,6 +134,37 @@ def test_a_run_left_running_by_a_dead_process_is_marked_killed_by_the_next_run(c
     assert client.get_run(alive.info.run_id).info.status == "RUNNING"  # its process lives: left alone
 
 
+def test_a_run_that_finished_between_the_search_and_the_liveness_check_stays_finished(tmp_path):
+    """Eight trainings of one name at once: one of them searched for RUNNING runs just before
+    another ended its run FINISHED and exited, then found that process gone. The search's answer
+    is replayed here so the interleaving is certain; the store and client are real."""
+    import socket
+
+    from nnlab.tracking.run import mark_dead_runs_killed
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("nnlab")
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    tags = {"nnlab.host": socket.gethostname(), "nnlab.pid": str(finished.pid)}
+    run = client.create_run(experiment, run_name="same", tags=tags)
+    running = client.search_runs([experiment], "attributes.run_name = 'same' and attributes.status = 'RUNNING'")
+    client.set_terminated(run.info.run_id, "FINISHED")  # ...and then its process exited
+
+    class SearchedEarlier(MlflowClient):
+        def search_runs(self, *args, **kwargs):
+            return running
+
+    assert [r.info.run_id for r in running] == [run.info.run_id]
+    assert mark_dead_runs_killed(SearchedEarlier(tracking_uri=uri), experiment, "same") == []
+    after = client.get_run(run.info.run_id)
+    assert after.info.status == "FINISHED" and "killed_reason" not in after.data.tags
+    client.set_terminated(run.info.run_id, "RUNNING")  # had it died RUNNING, it would be KILLED
+    assert mark_dead_runs_killed(SearchedEarlier(tracking_uri=uri), experiment, "same") == [run.info.run_id]
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
+
+
 def test_a_diverging_run_stops_with_one_line_and_ends_failed_without_a_model(project, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = run_module(

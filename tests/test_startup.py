@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from helpers import REPO, venv_env
+from helpers import REPO, run_module, venv_env
 
 HEAVY = ("torch", "lightning", "mlflow", "torchmetrics", "matplotlib", "optuna")
 
@@ -101,4 +101,40 @@ print(json.dumps({{**loaded, "trainer": trainer_ok, "same_scipy": same_scipy, "a
         "trainer": True,
         "same_scipy": True,
         "again": True,
+    }
+
+
+def _imported(importtime_report: str) -> set[str]:
+    """The top-level packages a ``python -X importtime`` process imported, from its report."""
+    return {
+        line.rsplit("|", 1)[-1].strip().split(".")[0]
+        for line in importtime_report.splitlines()
+        if line.startswith("import time:")
+    }
+
+
+def test_an_untracked_training_and_evaluation_import_no_mlflow(project):
+    """logger=none: neither the training nor the evaluation imports MLflow (Hydra's sweep
+    callback and the recording module import it only for a tracked run); a tracked one does."""
+    args = ["experiment=blobs_linear", "trainer=cpu", "trainer.max_epochs=2", "trainer.enable_progress_bar=false"]
+    imported = {}
+    for module, logger in (("nnlab.train", "none"), ("nnlab.evaluate", "none"), ("nnlab.evaluate", "mlflow")):
+        if logger == "mlflow":  # evaluate records into the run that trained the checkpoint
+            trained = run_module("nnlab.train", *args, "outputs=canonical", cwd=project)
+            assert trained.returncode == 0, trained.stderr[-2000:]
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", module, *args, "outputs=canonical", f"logger={logger}"],
+            capture_output=True,
+            text=True,
+            env=venv_env(),
+            cwd=project,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        imported[module, logger] = _imported(proc.stderr) & {"torch", "lightning", "mlflow"}
+    assert (project / "metrics" / "blobs_linear" / "test.json").is_file()
+    assert imported == {
+        ("nnlab.train", "none"): {"torch", "lightning"},
+        ("nnlab.evaluate", "none"): {"torch"},
+        ("nnlab.evaluate", "mlflow"): {"torch", "mlflow"},
     }

@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from nnlab.config.compose import hydra_main
-from nnlab.config.errors import fail
+from nnlab.config.errors import TrackingError, fail
 from nnlab.config.paths import (
     Outputs,
     canonical_outputs,
@@ -158,7 +158,6 @@ def _task(cfg: DictConfig) -> float | None:
 
     import_lightning()  # first, before anything imports it the ordinary way
     from nnlab.tracking import record, search
-    from nnlab.tracking.run import TrackingError
     from nnlab.training.history import TrainingDiverged
 
     hydra = HydraConfig.get()

@@ -291,7 +291,9 @@ def _alive(pid: int) -> bool:
 
 
 def mark_dead_runs_killed(client: MlflowClient, exp_id: str, run_name: str) -> list[str]:
-    """Runs named ``run_name`` still RUNNING whose process on this host is gone: KILLED, with a tag."""
+    """Runs named ``run_name`` still RUNNING whose process on this host is gone: KILLED, with a tag.
+    The status is read again once the process is known to be gone: one that ended its run
+    FINISHED and exited between the search and the check did not die while RUNNING."""
     host = socket.gethostname()
     runs = client.search_runs(
         [exp_id], filter_string=f"attributes.run_name = '{run_name}' and attributes.status = 'RUNNING'"
@@ -300,7 +302,9 @@ def mark_dead_runs_killed(client: MlflowClient, exp_id: str, run_name: str) -> l
     for found in runs:
         tags = found.data.tags
         pid = tags.get("nnlab.pid", "")
-        if tags.get("nnlab.host") == host and pid.isdigit() and not _alive(int(pid)):
+        if tags.get("nnlab.host") != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        if client.get_run(found.info.run_id).info.status == "RUNNING":
             client.set_tag(
                 found.info.run_id, "killed_reason", f"process {pid} on {host} died while the run was RUNNING"
             )

@@ -14,13 +14,10 @@ import os
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from mlflow.entities import RunStatus
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from nnlab.config.errors import TrackingError, fail
 from nnlab.config.paths import find_root
-from nnlab.tracking.run import check_reachable, experiment_id, resolve_tracking_uri, store_lock
 from nnlab.tracking.search import trial_tags
 
 PARENT_ENV = "NNLAB_SWEEP_PARENT_RUN_ID"
@@ -42,14 +39,21 @@ def sweep_tags() -> dict[str, str]:
 
 
 class MlflowSweepCallback(Callback):
+    """Hydra builds it for every command, single runs included: MLflow is imported only when a
+    multirun starts with tracking on (``evaluate logger=none`` and the like import none of it)."""
+
     def __init__(self) -> None:
-        self.client: MlflowClient | None = None
+        self.client = None  # an MlflowClient once a tracked multirun has started
         self.parent: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         mlflow_cfg = (config.get("logger") or {}).get("mlflow")
         if not mlflow_cfg:
             return
+        from mlflow.tracking import MlflowClient
+
+        from nnlab.tracking.run import check_reachable, experiment_id, resolve_tracking_uri, store_lock
+
         root = find_root()
         uri = resolve_tracking_uri(mlflow_cfg.tracking_uri, root)
         try:  # before any job: MLflow's client would retry a server that is down for minutes
@@ -68,7 +72,7 @@ class MlflowSweepCallback(Callback):
         self.parent = run.info.run_id
         self.client.log_param(self.parent, "sweep_overrides", overrides[:6000])
         os.environ[PARENT_ENV], os.environ[URI_ENV] = self.parent, uri
-        atexit.register(self._close, RunStatus.FAILED)  # a sweep that dies is not left RUNNING
+        atexit.register(self._close, "FAILED")  # a sweep that dies is not left RUNNING
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.parent:
@@ -85,9 +89,9 @@ class MlflowSweepCallback(Callback):
             self.client.log_metric(self.parent, "best_child_val_acc", best.data.metrics[BEST_METRIC])
         for key, value in tags.items():
             self.client.set_tag(self.parent, key, value)
-        self._close(RunStatus.FINISHED)
+        self._close("FINISHED")
 
-    def _close(self, status: int) -> None:
+    def _close(self, status: str) -> None:
         if self.parent and self.client.get_run(self.parent).info.status == "RUNNING":
-            self.client.set_terminated(self.parent, RunStatus.to_string(status))
+            self.client.set_terminated(self.parent, status)
         os.environ.pop(PARENT_ENV, None)
