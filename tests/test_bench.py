@@ -6,6 +6,11 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
+from nnlab.benchmark.suite import KINDS, Case, _same_precision
+from nnlab.benchmark.workers import run_plain
+
 from helpers import run_module
 
 
@@ -56,10 +61,27 @@ def test_a_tiny_benchmark_writes_json_and_markdown(project, tmp_path):
         assert "lightning" not in stage["imports"] and "mlflow" not in stage["imports"]
     markdown = (out / "bench.md").read_text()
     assert (
-        "| mnist_mlp@8 | 8 | 24 |" in markdown
+        "| mnist_mlp@8 | 8 | 32-true | 24 |" in markdown
         and "| Lightning: hook dispatch |" in markdown
         and "| compare |" in markdown
         and bench["machine"]["cpu"] in markdown
     )
     # the run wrote nothing into the project's own outputs
     assert not (project / "mlflow.db").exists() and not (project / "logs").exists()
+
+
+def test_the_plain_loop_trains_in_the_precision_nnlab_trains_in(project, tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # what the worker process would set; restored after
+    small = ["experiment=mnist_cnn", "model.channels=[4,8]", "model.hidden_size=16", "data.batch_size=16"]
+    small.append("trainer.limit_train_batches=6")
+    for chosen in ("bf16-mixed", "32-true"):
+        run_plain(tmp_path / f"{chosen}.json", 2, [*small, f"trainer.precision={chosen}"])
+        result = json.loads((tmp_path / f"{chosen}.json").read_text())
+        assert result["precision"] == chosen and (result["steps"], result["measured_steps"]) == (6, 3)
+    with pytest.raises(RuntimeError, match="32-true or bf16-mixed, not '16-mixed'"):
+        run_plain(tmp_path / "fp16.json", 2, [*small, "trainer.precision=16-mixed"])
+    runs = {kind: [{"precision": "bf16-mixed"}] for kind in KINDS}
+    assert _same_precision(Case("mnist_cnn"), runs) == "bf16-mixed"
+    runs["plain"] = [{"precision": "32-true"}]
+    with pytest.raises(RuntimeError, match="mnist_cnn: the runs trained in different precisions"):
+        _same_precision(Case("mnist_cnn"), runs)

@@ -81,6 +81,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     from hydra.utils import instantiate
 
     from nnlab.tracking import record, search
+    from nnlab.training import precision
     from nnlab.training.evaluation import score_and_write
     from nnlab.training.fit import fitter_for, run_summary
     from nnlab.training.history import EpochHistory
@@ -90,6 +91,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     prepare_training_process()  # no page faults and no CUDA probing per step (the values are unchanged)
     register_resolvers()  # ${nnlab_root:} also in a launcher's worker process
     validate(cfg)
+    precision.resolve(cfg.trainer)  # `auto`: what it means on this machine, recorded as such
     if cfg.logger.get("mlflow"):  # credentials go to the environment, never into a file
         cfg.logger.mlflow.tracking_uri = strip_credentials(cfg.logger.mlflow.tracking_uri)
     overrides = [strip_override(o) for o in overrides or []]

@@ -94,14 +94,14 @@ def markdown(result: dict) -> str:
             "which load from other processes moves far less; first step: seconds from launching the process "
             "to the end of its first step; RSS: peak of the whole process.",
             "",
-            "| case | batch | steps | plain ms/step | Lightning ms/step | nnlab ms/step | nnlab/plain | CPU ratio "
+            "| case | batch | precision | steps | plain ms/step | Lightning ms/step | nnlab ms/step | nnlab/plain | CPU ratio "
             "| Lightning/plain | nnlab/Lightning | nnlab samples/s "
             "| plain RSS MB | nnlab RSS MB | plain first step s | nnlab first step s |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in result["training"]:
             lines.append(
-                f"| {r['case']} | {r['batch_size']} | {r['measured_steps']} | {_range(r['plain_ms_per_step'])} | "
+                f"| {r['case']} | {r['batch_size']} | {r.get('precision', '32-true')} | {r['measured_steps']} | {_range(r['plain_ms_per_step'])} | "
                 f"{_range(r['lightning_ms_per_step'])} | {_range(r['nnlab_ms_per_step'])} | "
                 f"**{r['ratio']:.2f}** | {r['cpu_ratio']:.2f} | {r['lightning_ratio']:.2f} | "
                 f"{r['structure_ratio']:.2f} | {_range(r['nnlab_samples_per_s'], 0)} | "

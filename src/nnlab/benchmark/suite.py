@@ -183,6 +183,7 @@ def _training_row(case: Case, runs: dict[str, list[dict]]) -> dict:
         "steps": runs["nnlab"][0]["steps"],
         "measured_steps": runs["nnlab"][0]["measured_steps"],
         "accelerator": runs["nnlab"][0]["accelerator"],
+        "precision": _same_precision(case, runs),
     }
     for kind in KINDS:
         for key in TIMINGS:
@@ -199,6 +200,14 @@ def _training_row(case: Case, runs: dict[str, list[dict]]) -> dict:
         row[f"{name}ratio"], row[f"{name}ratio_per_pair"] = _ratios(runs, top, bottom, "ms_per_step")
         row[f"{name}cpu_ratio"], row[f"{name}cpu_ratio_per_pair"] = _ratios(runs, top, bottom, "cpu_ms_per_step")
     return row
+
+
+def _same_precision(case: Case, runs: dict[str, list[dict]]) -> str:
+    """The precision every run of the case trained in: a comparison across precisions is no comparison."""
+    used = {r["precision"] for kind in KINDS for r in runs[kind]}
+    if len(used) != 1:
+        raise RuntimeError(f"{case.name}: the runs trained in different precisions ({', '.join(sorted(used))})")
+    return used.pop()
 
 
 def profile_suite(cases: list[Case], root: Path, steps: int | None, warmup: int, log) -> list[dict]:

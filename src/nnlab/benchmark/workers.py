@@ -16,6 +16,7 @@ import json
 import runpy
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 
@@ -73,6 +74,7 @@ def _timer_callback(out: Path, warmup: int):
                 first_step_s=self.stamps[0] - self.fit_start,  # compile time shows here
                 fit_s=time.perf_counter() - self.fit_start,
                 accelerator=type(trainer.accelerator).__name__.removesuffix("Accelerator").lower(),
+                precision=str(trainer.precision),
             )
             Path(out).write_text(json.dumps(result))
 
@@ -180,11 +182,13 @@ def run_lightning(out: Path, warmup: int, argv: list[str], callback=None) -> Non
     from hydra.utils import instantiate
 
     from nnlab.config.compose import compose_config
+    from nnlab.training import precision
     from nnlab.training.fit import build_module
     from nnlab.training.runtime import prepare_training_process
 
     prepare_training_process()
     cfg = compose_config(argv)
+    precision.resolve(cfg.trainer)  # as nnlab.train resolves `auto`
     L.seed_everything(cfg.seed, verbose=False)
     keep = ("accelerator", "devices", "precision", "deterministic", "limit_train_batches")
     trainer = L.Trainer(
@@ -211,10 +215,12 @@ def run_plain(out: Path, warmup: int, argv: list[str]) -> None:
     from nnlab.config.compose import compose_config
     from nnlab.data.tensors import plain_data
     from nnlab.models.networks import prefers_channels_last
+    from nnlab.training import precision
     from nnlab.training.runtime import prepare_training_process
 
     prepare_training_process()  # as nnlab.train does: both measured with the same process settings
     cfg = compose_config(argv)
+    autocast = _plain_autocast(precision.resolve(cfg.trainer))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     if cfg.trainer.deterministic:  # as Lightning sets it for the nnlab run
@@ -247,7 +253,8 @@ def run_plain(out: Path, warmup: int, argv: list[str]) -> None:
     first_step_at = None
     for step in range(steps):
         index = order[step * batch_size : (step + 1) * batch_size]
-        loss = loss_fn(net(x[index]), y[index])
+        with autocast:  # forward and loss, as Lightning's mixed precision wraps the training step
+            loss = loss_fn(net(x[index]), y[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -258,8 +265,24 @@ def run_plain(out: Path, warmup: int, argv: list[str]) -> None:
         if first_step_at is None:
             first_step_at = time.time()
     result = step_summary(stamps, cpu, list(range(1, len(stamps) + 1)), warmup, batch_size)
-    result.update(first_step_at=first_step_at, first_step_s=stamps[0] - started, accelerator="cpu")
+    result.update(
+        first_step_at=first_step_at,
+        first_step_s=stamps[0] - started,
+        accelerator="cpu",
+        precision=cfg.trainer.precision,
+    )
     Path(out).write_text(json.dumps(result))
+
+
+def _plain_autocast(precision: str):
+    """The plain loop's counterpart of the trainer's precision (the two it can match)."""
+    import torch
+
+    if precision == "32-true":
+        return nullcontext()
+    if precision == "bf16-mixed":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    raise RuntimeError(f"the plain loop runs trainer.precision 32-true or bf16-mixed, not {precision!r}")
 
 
 # The measured processes, by the name ``nnlab.bench --worker`` takes.
