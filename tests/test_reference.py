@@ -143,6 +143,25 @@ def test_e5_full_recipe_reaches_full_validation_accuracy(compose, project):
     assert summary["epochs"] == 1000 and summary["best_val_acc"] == 1.0
 
 
+def test_the_comparison_shows_seconds_as_seconds_and_accuracies_as_percentages():
+    row = {
+        **dict.fromkeys(compare.COLUMNS),
+        "experiment": "blobs_linear",
+        "parameters": 9,
+        "epochs": 30,
+        "train_seconds": 0.977,  # under a second: once printed as "97.70%"
+        "best_val_acc": 0.9,
+        "test_acc": 1.0,
+        "reference": "E5",
+        "published_acc": 1.0,
+        "difference": 0.0,
+    }
+    line = next(x for x in compare.markdown([row]).splitlines() if x.startswith("| blobs_linear"))
+    assert line == "| blobs_linear | – | – | 9 | 30 | 1.0 | 90.00% | 100.00% | E5 | 100.00% | +0.00 pp |"
+    slow = compare.markdown([{**row, "train_seconds": 42.84}])
+    assert "| 30 | 42.8 | 90.00% |" in slow
+
+
 def test_compare_before_the_experiments_ran_is_one_line(compose, project, tmp_path, capsys):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"experiments": {"blobs_linear": {"data": "blobs", "model": "linear"}}}))

@@ -49,11 +49,17 @@ def row_for(name: str, spec: dict, root: Path) -> dict:
     }
 
 
-def _cell(value) -> str:
+PERCENT = ("best_val_acc", "test_acc", "published_acc")
+
+
+def _cell(value, column: str) -> str:
+    """By column, not by value: a training of 0.98 s is not 98 %."""
     if value is None or value == "":
         return "–"
+    if column in PERCENT:
+        return f"{value:.2%}"
     if isinstance(value, float):
-        return f"{value:.2%}" if value <= 1 else f"{value:.1f}"
+        return f"{value:.1f}"
     return str(value)
 
 
@@ -81,7 +87,7 @@ def markdown(rows: list[dict]) -> str:
         "|" + "---|" * len(head),
     ]
     for r in rows:
-        cells = [_cell(r[c]) for c in COLUMNS]
+        cells = [_cell(r[c], c) for c in COLUMNS]
         cells[-1] = "–" if r["difference"] is None else f"{r['difference'] * 100:+.2f} pp"
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "References:", ""]
