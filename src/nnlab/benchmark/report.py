@@ -101,7 +101,7 @@ def markdown(result: dict) -> str:
         ]
         for r in result["training"]:
             lines.append(
-                f"| {r['case']} | {r['batch_size']} | {r.get('precision', '32-true')} | {r['measured_steps']} | {_range(r['plain_ms_per_step'])} | "
+                f"| {r['case']} | {r['batch_size']} | {r['precision']} | {r['measured_steps']} | {_range(r['plain_ms_per_step'])} | "
                 f"{_range(r['lightning_ms_per_step'])} | {_range(r['nnlab_ms_per_step'])} | "
                 f"**{r['ratio']:.2f}** | {r['cpu_ratio']:.2f} | {r['lightning_ratio']:.2f} | "
                 f"{r['structure_ratio']:.2f} | {_range(r['nnlab_samples_per_s'], 0)} | "
