@@ -72,8 +72,8 @@ def test_a_tiny_benchmark_writes_json_and_markdown(project, tmp_path):
 
 def test_the_plain_loop_trains_in_the_precision_nnlab_trains_in(project, tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # what the worker process would set; restored after
-    small = ["experiment=mnist_cnn", "model.channels=[4,8]", "model.hidden_size=16", "data.batch_size=16"]
-    small.append("trainer.limit_train_batches=6")
+    small = ["experiment=mnist_cnn", "model.channels=[4,8]", "model.hidden_size=16"]
+    small += ["data.batch_size=16", "trainer.limit_train_batches=6"]  # 6 steps of which 3 measured
     for chosen in ("bf16-mixed", "32-true"):
         run_plain(tmp_path / f"{chosen}.json", 2, [*small, f"trainer.precision={chosen}"])
         result = json.loads((tmp_path / f"{chosen}.json").read_text())

@@ -15,6 +15,9 @@ from nnlab.config.compose import compose_config
 from nnlab.train import train
 from nnlab.training import precision
 
+# The pipeline's CNN recipe, shrunk to a one-epoch training of a few seconds.
+SMALL_CNN = ("experiment=mnist_cnn", "model.channels=[4,8]", "model.hidden_size=16", "trainer.max_epochs=1")
+
 
 def _cpu_flags() -> set[str]:
     """The CPU's feature flags as the kernel lists them (Linux), read apart from torch."""
@@ -58,14 +61,7 @@ def test_the_pipeline_cnn_asks_for_auto_and_other_experiments_keep_float32(proje
 
 def test_a_training_with_auto_records_the_precision_it_used(compose, project, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = compose(
-        "experiment=mnist_cnn",
-        "name=auto_cnn",
-        "model.channels=[4,8]",
-        "model.hidden_size=16",
-        "trainer.max_epochs=1",
-        f"logger.mlflow.tracking_uri={uri}",
-    )
+    cfg = compose(*SMALL_CNN, "name=auto_cnn", f"logger.mlflow.tracking_uri={uri}")
     used = "bf16-mixed" if precision.native_bf16("cpu") else "32-true"
     summary = train(cfg)
     assert summary["epochs"] == 1 and 0.0 <= summary["test_acc"] <= 1.0
@@ -73,7 +69,8 @@ def test_a_training_with_auto_records_the_precision_it_used(compose, project, tm
     assert params["trainer"]["precision"] == used
     saved = yaml.safe_load((project / "models" / "auto_cnn" / "config.yaml").read_text())
     assert saved["trainer"]["precision"] == used
-    (run,) = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("nnlab").experiment_id])
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("nnlab").experiment_id])
     assert run.data.params["trainer.precision"] == used
 
 
@@ -81,16 +78,7 @@ def test_a_training_with_auto_records_the_precision_it_used(compose, project, tm
 def test_the_same_seed_trains_the_same_weights_in_either_precision(compose, project, chosen):
     weights = []
     for attempt in range(2):
-        cfg = compose(
-            "experiment=mnist_cnn",
-            f"name=again_{attempt}",
-            "model.channels=[4,8]",
-            "model.hidden_size=16",
-            "trainer.max_epochs=1",
-            f"trainer.precision={chosen}",
-            "logger=none",
-        )
-        train(cfg)
+        train(compose(*SMALL_CNN, f"name=again_{attempt}", f"trainer.precision={chosen}", "logger=none"))
         state = torch.load(project / "models" / f"again_{attempt}" / "best.ckpt", weights_only=True)["state_dict"]
         weights.append(state)
     assert weights[0].keys() == weights[1].keys()
