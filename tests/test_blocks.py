@@ -81,6 +81,22 @@ def test_the_blocks_hold_the_same_samples_as_the_batches_one_by_one():
     assert passes(3, limit=0.5)[2] == 3  # a fraction of the batches, as Lightning rounds it
 
 
+def test_a_shuffled_pass_cuts_its_batches_from_the_drawn_order_scaled_as_the_whole_split():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (50, 1, 4, 4), dtype=torch.uint8, generator=gen)  # stored as MNIST's bytes
+    y = torch.randint(0, 10, (50,), generator=gen)
+
+    def scale(pixels):
+        return pixels.float().div_(255.0).sub_(0.1307).div_(0.3081)
+
+    batches = TensorBatches(x, y, 8, shuffle=True, seed=3, scale=scale, per_call=2)
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(3))  # the first pass's order
+    got = list(batches)
+    assert [len(b) for _, b in got] == [16, 16, 16, 2]
+    assert torch.equal(torch.cat([b for _, b in got]), y[order])
+    assert torch.equal(torch.cat([b for b, _ in got]), scale(x)[order])
+
+
 class _GradientWatcher(L.Callback):
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         pass

@@ -95,7 +95,7 @@ def test_epoch_metrics_equal_the_torchmetrics_values():
     assert mine_loss.compute().item() == math.inf
     mine_loss.reset()
     mine_acc.reset()
-    assert mine_acc.correct.item() == mine_acc.total.item() == 0 and mine_loss.weight.item() == 0
+    assert mine_acc.correct.item() == mine_acc.total == 0 and mine_loss.weight == 0
 
 
 @pytest.mark.parametrize("backend", ["nonsense"])

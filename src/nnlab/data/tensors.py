@@ -107,10 +107,12 @@ class TensorBatches:
         size, end = self.batch_size * self.per_call, min(len(order), self.steps * self.batch_size)
         for start in range(0, end, size):
             batch = order[start : min(start + size, end)]
-            x = self.scale(self.x[batch])
+            # index_select, not self.x[batch]: the same copy, 6x faster on the CPU (a block of
+            # MNIST bytes: 0.02 instead of 0.14 ms per step of 128, a tenth of an MLP's step)
+            x = self.scale(self.x.index_select(0, batch))
             if self.shift:  # batch by batch: each draws its offsets as it would on its own
                 x = torch.cat([random_shift(part, self.shift, self.fill, gen) for part in x.split(self.batch_size)])
-            yield x, self.y[batch]
+            yield x, self.y.index_select(0, batch)
 
 
 class TensorData:

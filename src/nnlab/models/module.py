@@ -8,6 +8,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 
 import lightning as L
+import numpy as np
 import torch
 from torch import distributed as dist
 from torch import nn
@@ -48,48 +49,52 @@ def _summed(*states: torch.Tensor) -> list[torch.Tensor]:
 class RunningMean(nn.Module):
     """Σ value·weight / Σ weight over an epoch, as torchmetrics' MeanMetric(nan_strategy=inf)
     computes it (the same float32 operations in the same order, so the same values), with no
-    check that waits for the device: a nan counts as inf (the run then stops as diverged)."""
+    check that waits for the device: a nan counts as inf (the run then stops as diverged).
+    Two small operations per update: the weights are summed on the host, in float32 as there,
+    and a nan is turned into inf once, in compute (a nan in the sum comes only from a nan value:
+    losses are never -inf)."""
 
     def __init__(self):
         super().__init__()
         self.register_buffer("total", torch.zeros(()), persistent=False)
-        self.register_buffer("weight", torch.zeros(()), persistent=False)
+        self.weight = np.float32(0)
 
     def update(self, value: torch.Tensor, weight: int) -> None:
-        # in place (add_, not +=: no nn.Module attribute assignment per step); nan -> inf only
-        value = torch.nan_to_num(value.detach().float(), nan=math.inf, posinf=math.inf, neginf=-math.inf)
-        self.total.add_(value.mul_(weight))
-        self.weight.add_(weight)
+        self.total.add_(value.detach().float() * weight)  # add_, not +=: no attribute assignment
+        self.weight += np.float32(weight)
 
     def compute(self) -> torch.Tensor:
-        total, weight = _summed(self.total, self.weight)
-        return total / weight
+        weight = torch.tensor(self.weight, device=self.total.device)
+        total, weight = _summed(self.total, weight)
+        return torch.where(total.isnan(), math.inf, total) / weight
 
     def reset(self) -> None:
         self.total.zero_()
-        self.weight.zero_()
+        self.weight = np.float32(0)
 
 
 class RunningAccuracy(nn.Module):
     """The share of samples whose largest logit is the label (torchmetrics' micro-averaged
-    MulticlassAccuracy): two counters on the device, updated without waiting for it."""
+    MulticlassAccuracy): the count of correct ones on the device, updated without waiting for
+    it, and the count of samples on the host."""
 
     def __init__(self):
         super().__init__()
         self.register_buffer("correct", torch.zeros((), dtype=torch.long), persistent=False)
-        self.register_buffer("total", torch.zeros((), dtype=torch.long), persistent=False)
+        self.total = 0
 
     def update(self, logits: torch.Tensor, y: torch.Tensor) -> None:
         self.correct.add_((logits.detach().argmax(1) == y).sum())
-        self.total.add_(y.numel())
+        self.total += y.numel()
 
     def compute(self) -> torch.Tensor:
-        correct, total = _summed(self.correct, self.total)
+        total = torch.tensor(self.total, device=self.correct.device)
+        correct, total = _summed(self.correct, total)
         return correct.float() / total.clamp(min=1).float()
 
     def reset(self) -> None:
         self.correct.zero_()
-        self.total.zero_()
+        self.total = 0
 
 
 class Classifier(L.LightningModule):
