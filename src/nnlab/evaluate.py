@@ -28,8 +28,9 @@ def evaluate(cfg: DictConfig) -> dict:
     register_resolvers()  # ${nnlab_root:} also in a launcher's worker process
     validate(cfg)
     out = Outputs.in_folder(Path(cfg.run_dir)) if cfg.run_dir else Outputs.canonical(cfg.paths, cfg.name)
-    checkpoint = read_checkpoint(out.models / "best.ckpt")  # once: the network and its run id
-    net, _ = network_from(checkpoint, out.models / "best.ckpt")
+    best = out.models / "best.ckpt"
+    checkpoint = read_checkpoint(best)  # once: the network and its run id
+    net, _ = network_from(checkpoint, best)
     record = None
     if cfg.logger.get("mlflow"):  # MLflow is imported only when tracking
         from nnlab.tracking import record

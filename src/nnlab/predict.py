@@ -107,7 +107,8 @@ def load_model(spec: str) -> Predictor:
     except ModelError:
         raise
     except Exception as exc:
-        raise ModelError(f"cannot load model {spec}: {first_line(exc)}") from exc
+        reason = first_line(exc)  # where it names the model already, it is the whole line
+        raise ModelError(reason if spec in reason else f"cannot load model {spec}: {reason}") from exc
 
 
 def _call(predict: Predictor, batch: np.ndarray) -> np.ndarray:
