@@ -121,9 +121,7 @@ def test_a_checkpoint_that_names_code_is_refused_by_name_in_predict(tmp_path):
     proc = run_module("nnlab.predict", "--model", str(ckpt), str(_digit(tmp_path / "d.png")), cwd=tmp_path, timeout=120)
     assert not marker.exists()
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        f"nnlab.predict: error: {_names_system(ckpt)}"
-    ]
+    assert proc.stderr.strip().splitlines() == [f"nnlab.predict: error: {_names_system(ckpt)}"]
 
 
 def test_a_checkpoint_that_names_code_is_refused_by_name_in_evaluate(project, tmp_path):
