@@ -25,13 +25,23 @@ def test_a_tiny_benchmark_writes_json_and_markdown(project, tmp_path):
     result = run_module(
         "nnlab.bench",
         *("--models", "mlp@8", "--repeats", "1", "--steps", "40", "--warmup", "2", "--threads", "1"),
-        *("--parts", "training,profile,startup", "--stages", "prepare_blobs,compare", "--out-dir", out),
+        *(
+            "--parts",
+            "training,profile,startup",
+            "--stages",
+            "prepare_blobs,compare",
+            "--out-dir",
+            out,
+            "--name",
+            "tiny",
+        ),
         cwd=project,
         timeout=240,
         NNLAB_ROOT=str(project),
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    bench = json.loads((out / "bench.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == ["tiny.json", "tiny.md"]
+    bench = json.loads((out / "tiny.json").read_text())
     assert bench["machine"]["cores"] > 0 and bench["machine"]["torch"] and bench["machine"]["device"] == "cpu"
     assert bench["machine"]["torch_threads"] == 1
     [row] = bench["training"]
@@ -59,7 +69,7 @@ def test_a_tiny_benchmark_writes_json_and_markdown(project, tmp_path):
     for stage in bench["startup"]:
         assert _positive(stage["help_s"]) and _positive(stage["help_cpu_s"]) and _positive(stage["max_rss_mb"])
         assert "lightning" not in stage["imports"] and "mlflow" not in stage["imports"]
-    markdown = (out / "bench.md").read_text()
+    markdown = (out / "tiny.md").read_text()
     assert (
         "| mnist_mlp@8 | 8 | 32-true | 24 |" in markdown
         and "| Lightning: hook dispatch |" in markdown

@@ -54,7 +54,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--override", action="append", default=[], help="a Hydra override for every training case (repeatable)"
     )
-    p.add_argument("--out-dir", default=None, help="where bench.json and bench.md go (default: <root>/reports)")
+    p.add_argument("--out-dir", default=None, help="where the two files go (default: <root>/reports)")
+    p.add_argument("--name", default="bench", help="their name: <name>.json and <name>.md (default bench)")
     p.add_argument("--worker", choices=list(workers.WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
             result["pipeline"] = suite.pipeline_suite(root, max(1, repeats // 3), overrides, log)
     result["load_after"] = list(os.getloadavg())
     result["finished"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")
-    json_path, md_path = report.write(result, Path(args.out_dir) if args.out_dir else root / "reports")
+    json_path, md_path = report.write(result, Path(args.out_dir) if args.out_dir else root / "reports", args.name)
     print(md_path.read_text())
     print(f"wrote {json_path} and {md_path} ({time.strftime('%H:%M:%S')})")
 

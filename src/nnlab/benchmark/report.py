@@ -170,9 +170,9 @@ def _profile_tables(rows: list[dict]) -> list[str]:
     return lines
 
 
-def write(result: dict, out_dir: Path) -> tuple[Path, Path]:
+def write(result: dict, out_dir: Path, name: str = "bench") -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / "bench.json", out_dir / "bench.md"
+    json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     md_path.write_text(markdown(result))
     return json_path, md_path
