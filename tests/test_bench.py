@@ -25,16 +25,8 @@ def test_a_tiny_benchmark_writes_json_and_markdown(project, tmp_path):
     result = run_module(
         "nnlab.bench",
         *("--models", "mlp@8", "--repeats", "1", "--steps", "40", "--warmup", "2", "--threads", "1"),
-        *(
-            "--parts",
-            "training,profile,startup",
-            "--stages",
-            "prepare_blobs,compare",
-            "--out-dir",
-            out,
-            "--name",
-            "tiny",
-        ),
+        *("--parts", "training,profile,startup", "--stages", "prepare_blobs,compare"),
+        *("--out-dir", out, "--name", "tiny"),
         cwd=project,
         timeout=240,
         NNLAB_ROOT=str(project),

@@ -173,6 +173,19 @@ def run_profile(out: Path, warmup: int, argv: list[str]) -> None:
     run_lightning(out, warmup, argv, callback=_profile_callback(out, warmup))
 
 
+def _training_config(argv: list[str]):
+    """The composed config with the process settings and the precision ``nnlab.train`` gives a
+    run, so that every measured loop trains under the same ones."""
+    from nnlab.config.compose import compose_config
+    from nnlab.training import precision
+    from nnlab.training.runtime import prepare_training_process
+
+    prepare_training_process()
+    cfg = compose_config(argv)
+    precision.resolve(cfg.trainer)  # `auto`, as nnlab.train resolves it
+    return cfg
+
+
 def run_lightning(out: Path, warmup: int, argv: list[str], callback=None) -> None:
     """Lightning's own cost: nnlab's module (network, optimizer, schedule, epoch metrics) and data
     module in a Trainer with nothing else: no callbacks but the step timer, no logger,
@@ -181,14 +194,9 @@ def run_lightning(out: Path, warmup: int, argv: list[str], callback=None) -> Non
     import lightning as L
     from hydra.utils import instantiate
 
-    from nnlab.config.compose import compose_config
-    from nnlab.training import precision
     from nnlab.training.fit import build_module
-    from nnlab.training.runtime import prepare_training_process
 
-    prepare_training_process()
-    cfg = compose_config(argv)
-    precision.resolve(cfg.trainer)  # as nnlab.train resolves `auto`
+    cfg = _training_config(argv)
     L.seed_everything(cfg.seed, verbose=False)
     keep = ("accelerator", "devices", "precision", "deterministic", "limit_train_batches")
     trainer = L.Trainer(
@@ -212,15 +220,11 @@ def run_plain(out: Path, warmup: int, argv: list[str]) -> None:
     import torch
     from hydra.utils import instantiate
 
-    from nnlab.config.compose import compose_config
     from nnlab.data.tensors import plain_data
     from nnlab.models.networks import prefers_channels_last
-    from nnlab.training import precision
-    from nnlab.training.runtime import prepare_training_process
 
-    prepare_training_process()  # as nnlab.train does: both measured with the same process settings
-    cfg = compose_config(argv)
-    autocast = _plain_autocast(precision.resolve(cfg.trainer))
+    cfg = _training_config(argv)
+    autocast = _plain_autocast(cfg.trainer.precision)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     if cfg.trainer.deterministic:  # as Lightning sets it for the nnlab run
