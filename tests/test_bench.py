@@ -9,6 +9,7 @@ import math
 import pytest
 
 from nnlab.benchmark.suite import KINDS, Case, _same_precision
+from nnlab.benchmark import workers
 from nnlab.benchmark.workers import run_plain
 
 from helpers import run_module
@@ -87,3 +88,19 @@ def test_the_plain_loop_trains_in_the_precision_nnlab_trains_in(project, tmp_pat
     runs["plain"] = [{"precision": "32-true"}]
     with pytest.raises(RuntimeError, match="mnist_cnn: the runs trained in different precisions"):
         _same_precision(Case("mnist_cnn"), runs)
+
+
+def test_each_loop_waits_for_its_device_only_at_the_stamps_the_timings_use(project, tmp_path, monkeypatch):
+    """On CUDA a stamp is true only once the device has finished what was queued: the first step,
+    the first past the warm-up and the last wait for it, no other (that would stall the queue)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    waits: list[str] = []
+    monkeypatch.setattr(workers, "device_sync", lambda kind: lambda: waits.append(kind))
+    small = ["experiment=mnist_mlp", "data.batch_size=16", "trainer.limit_train_batches=6"]
+    for kind in ("plain", "lightning"):
+        waits.clear()
+        workers.WORKERS[kind](tmp_path / f"{kind}.json", 2, small)
+        result = json.loads((tmp_path / f"{kind}.json").read_text())
+        # steps 1..6 end at six stamps; the first, the third (the first past 2 warm-up steps), the sixth wait
+        assert (result["steps"], result["measured_steps"], result["accelerator"]) == (6, 3, "cpu")
+        assert waits == ["cpu"] * 3, kind

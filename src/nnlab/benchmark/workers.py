@@ -13,6 +13,7 @@ can tell the time from launching the process to the first step.
 from __future__ import annotations
 
 import json
+import os
 import runpy
 import sys
 import time
@@ -39,6 +40,18 @@ def step_summary(stamps: list[float], cpu: list[float], done: list[int], warmup:
     }
 
 
+def device_sync(device_type: str):
+    """What makes a time stamp true on ``device_type``. CUDA (and MPS) run kernels after the
+    Python that queued them has moved on, so a stamp waits for the device first. Only the stamps
+    the timings use wait (the first step, the first past the warm-up, the last): waiting every
+    step would stall the queue and charge each loop for it. Elsewhere, nothing to wait for."""
+    import torch
+
+    if device_type in ("cuda", "mps"):
+        return getattr(torch, device_type).synchronize
+    return lambda: None
+
+
 def _timer_callback(out: Path, warmup: int):
     """A Lightning callback, built here so that importing this module imports no Lightning."""
     import lightning as L
@@ -53,9 +66,13 @@ def _timer_callback(out: Path, warmup: int):
 
         def on_fit_start(self, trainer, pl_module):
             self.fit_start, self.fit_start_at = time.perf_counter(), time.time()
+            self.sync = device_sync(trainer.strategy.root_device.type)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if trainer.current_epoch == 0:
+                first_measured = trainer.global_step > warmup and (not self.done or self.done[-1] <= warmup)
+                if not self.stamps or first_measured or batch_idx + 1 == trainer.num_training_batches:
+                    self.sync()
                 self.stamps.append(time.perf_counter())
                 self.cpu.append(time.process_time())
                 self.done.append(trainer.global_step)  # a block of steps ends at one stamp
@@ -214,42 +231,21 @@ def run_lightning(out: Path, warmup: int, argv: list[str], callback=None) -> Non
 
 def run_plain(out: Path, warmup: int, argv: list[str]) -> None:
     """The physical limit of this design: the same config's network, optimizer, schedule, loss,
-    seed, batch size and tensors (MNIST scaled as the data module does), in a minimal loop. No
-    Lightning, no MLflow."""
-    import numpy as np
+    seed, batch size and tensors (MNIST scaled as the data module does), on the device Lightning
+    would train on, in a minimal loop. No Lightning, no MLflow."""
     import torch
-    from hydra.utils import instantiate
 
-    from nnlab.data.tensors import plain_data
-    from nnlab.models.networks import prefers_channels_last
+    from nnlab.training import precision
 
     cfg = _training_config(argv)
-    autocast = _plain_autocast(cfg.trainer.precision)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    if cfg.trainer.deterministic:  # as Lightning sets it for the nnlab run
-        torch.use_deterministic_algorithms(True, warn_only=cfg.trainer.deterministic == "warn")
-    data = plain_data(cfg.data)
-    data.setup("fit")
-    x, y = data.inputs("train")  # scaled once, up front: the plain loop does no per-step scaling
-    net = instantiate(cfg.model)
-    if prefers_channels_last(net, "cpu"):  # the layout nnlab's module trains in: only the loop differs
-        net = net.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    optimizer = instantiate(cfg.optimizer)(net.parameters())
+    kind = precision.device_type(cfg.trainer.accelerator)  # where Lightning trains nnlab's runs
+    autocast = _plain_autocast(cfg.trainer.precision, kind)
+    net, x, y, optimizer, scheduler, steps = _plain_parts(cfg, torch.device(kind))
     batch_size = cfg.data.batch_size
-    steps = -(-len(y) // batch_size)
-    limit = cfg.trainer.get("limit_train_batches")
-    if isinstance(limit, int) and limit > 0:
-        steps = min(steps, limit)
-    scheduler = None
-    if cfg.get("scheduler"):
-        factory = instantiate(cfg.scheduler)
-        keywords = getattr(factory, "keywords", {})
-        extra = {k: max(steps, 10) for k in ("total_steps", "T_max") if k in keywords and keywords[k] is None}
-        scheduler = factory(optimizer, **extra)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.data.seed))
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.data.seed)).to(x.device)
+    sync = device_sync(kind)
+    synced = {0, min(warmup, steps - 2), steps - 1}  # the stamps step_summary uses
     net.train()
     stamps: list[float] = []
     cpu: list[float] = []
@@ -264,6 +260,8 @@ def run_plain(out: Path, warmup: int, argv: list[str]) -> None:
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if step in synced:
+            sync()
         stamps.append(time.perf_counter())
         cpu.append(time.process_time())
         if first_step_at is None:
@@ -272,20 +270,61 @@ def run_plain(out: Path, warmup: int, argv: list[str]) -> None:
     result.update(
         first_step_at=first_step_at,
         first_step_s=stamps[0] - started,
-        accelerator="cpu",
+        accelerator=kind,
         precision=cfg.trainer.precision,
     )
     Path(out).write_text(json.dumps(result))
 
 
-def _plain_autocast(precision: str):
+def _plain_parts(cfg, device):
+    """The plain loop's network, scaled inputs and labels (on ``device`` once, as nnlab's data
+    module puts them), optimizer (with the implementation nnlab's module would pick there),
+    schedule and number of steps, seeded as nnlab's run."""
+    import numpy as np
+    import torch
+    from hydra.utils import instantiate
+
+    from nnlab.data.tensors import plain_data
+    from nnlab.models.module import fast_optimizer_options
+    from nnlab.models.networks import prefers_channels_last
+
+    if cfg.trainer.deterministic and device.type == "cuda":  # as nnlab's fit sets it
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    if cfg.trainer.deterministic:  # as Lightning sets it for the nnlab run
+        torch.use_deterministic_algorithms(True, warn_only=cfg.trainer.deterministic == "warn")
+    data = plain_data(cfg.data)
+    data.setup("fit")
+    x, y = data.inputs("train")  # scaled once, up front: the plain loop does no per-step scaling
+    x, y = x.to(device), y.to(device)
+    net = instantiate(cfg.model).to(device)
+    if prefers_channels_last(net, device):  # the layout nnlab's module trains in: only the loop differs
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    factory = instantiate(cfg.optimizer)
+    optimizer = factory(net.parameters(), **fast_optimizer_options(factory, device))
+    steps = -(-len(y) // cfg.data.batch_size)
+    limit = cfg.trainer.get("limit_train_batches")
+    if isinstance(limit, int) and limit > 0:
+        steps = min(steps, limit)
+    scheduler = None
+    if cfg.get("scheduler"):
+        factory = instantiate(cfg.scheduler)
+        keywords = getattr(factory, "keywords", {})
+        extra = {k: max(steps, 10) for k in ("total_steps", "T_max") if k in keywords and keywords[k] is None}
+        scheduler = factory(optimizer, **extra)
+    return net, x, y, optimizer, scheduler, steps
+
+
+def _plain_autocast(precision: str, device_type: str):
     """The plain loop's counterpart of the trainer's precision (the two it can match)."""
     import torch
 
     if precision == "32-true":
         return nullcontext()
     if precision == "bf16-mixed":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(device_type, dtype=torch.bfloat16)
     raise RuntimeError(f"the plain loop runs trainer.precision 32-true or bf16-mixed, not {precision!r}")
 
 
