@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from nnlab.benchmark.suite import KINDS, Case, _same_precision
 from nnlab.benchmark import workers
+from nnlab.benchmark.suite import KINDS, Case, _same_precision
 from nnlab.benchmark.workers import run_plain
 
 from helpers import run_module
