@@ -55,6 +55,27 @@ def test_validation_errors_name_the_key(compose, override, message):
     assert str(info.value) == message
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("optimizer.fused=maybe",), "optimizer.fused: Value 'maybe' is not a valid bool (type str)"),
+        (
+            ("optimizer.fused=true", "optimizer.foreach=true"),
+            "optimizer.fused: must not be true together with foreach (torch runs one of them)",
+        ),
+        (
+            ("optimizer=rmsprop", "+optimizer.fused=true"),  # torch has no fused RMSprop
+            "optimizer.fused: unknown key; allowed: lr, weight_decay, foreach, alpha, eps, momentum",
+        ),
+    ],
+)
+def test_the_optimizer_implementation_is_one_torch_has(compose, overrides, message):
+    with pytest.raises(ConfigError) as info:
+        validate(compose("model=mlp", *overrides))
+    assert str(info.value) == message
+    assert validate(compose("model=mlp", "optimizer=sgd", "optimizer.fused=true"))["optimizer"].fused is True
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return run_module("nnlab.train", *args, cwd=REPO, timeout=120)
 

@@ -61,6 +61,27 @@ def test_fused_optimizers_on_cuda_only_and_never_against_the_config():
     assert fast_optimizer_options(adam, torch.device("cuda")) == {"fused": True}
     assert fast_optimizer_options(functools.partial(torch.optim.RMSprop, lr=1e-3), "cuda") == {"foreach": True}
     assert fast_optimizer_options(functools.partial(torch.optim.Adam, lr=1e-3, foreach=False), "cuda") == {}
+    # the configs' null: not chosen, so nnlab's choice
+    unset = functools.partial(torch.optim.AdamW, lr=1e-3, fused=None, foreach=None)
+    assert fast_optimizer_options(unset, "cuda") == {"fused": True}
+    assert fast_optimizer_options(unset, "cpu") == {}
+
+
+def test_the_config_chooses_a_fused_optimizer_on_the_cpu_too(compose, project):
+    """optimizer.fused=true: torch's one-kernel Adam on the CPU, the same algorithm as the default
+    single-tensor path (weights equal up to rounding), recorded in the checkpoint's optimizer state."""
+    states = {}
+    for fused in ("null", "true"):
+        overrides = ("experiment=blobs_linear", "trainer.max_epochs=2", f"optimizer.fused={fused}")
+        train(compose(*overrides, f"name=fused-{fused}", "logger=none"))
+        best = project / "models" / f"fused-{fused}" / "best.ckpt"
+        states[fused] = torch.load(best, map_location="cpu", weights_only=True)
+    assert states["null"]["epoch"] == states["true"]["epoch"]
+    assert states["null"]["optimizer_states"][0]["param_groups"][0]["fused"] is None
+    assert states["true"]["optimizer_states"][0]["param_groups"][0]["fused"] is True
+    assert states["null"]["state_dict"].keys() == states["true"]["state_dict"].keys()
+    for key, value in states["null"]["state_dict"].items():
+        torch.testing.assert_close(states["true"]["state_dict"][key], value, rtol=1e-4, atol=1e-5)
 
 
 def test_batches_are_cut_where_the_data_is_and_shifts_are_device_independent():

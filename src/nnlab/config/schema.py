@@ -166,10 +166,15 @@ class _Optimizer:
     _partial_: bool = True
     lr: float = MISSING
     weight_decay: float = MISSING
+    # torch's implementations: null lets nnlab choose (fused on CUDA, the single-tensor path on
+    # the CPU, as every earlier run); true or false is the config's choice on any device.
+    foreach: bool | None = MISSING
 
     def __post_init__(self):
         _positive(self, "lr")
         check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        fused = getattr(self, "fused", None)
+        check(not (fused and self.foreach), "fused", "must not be true together with foreach (torch runs one of them)")
         self.check_own()
 
     def check_own(self) -> None:
@@ -183,6 +188,7 @@ class SGDOptimizer(_Optimizer):
     _target_: str = "torch.optim.SGD"
     momentum: float = MISSING
     nesterov: bool = MISSING
+    fused: bool | None = MISSING  # one kernel for all the weights (CPU and CUDA)
 
     def check_own(self) -> None:
         _fraction(self, "momentum")
@@ -195,6 +201,7 @@ class AdamOptimizer(_Optimizer):
     _target_: str = "torch.optim.Adam"
     betas: list[float] = MISSING
     eps: float = MISSING
+    fused: bool | None = MISSING  # one kernel for all the weights (CPU and CUDA)
 
     def check_own(self) -> None:
         _positive(self, "eps")

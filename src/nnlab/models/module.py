@@ -21,12 +21,13 @@ _TOTAL_STEPS_ARGS = ("total_steps", "T_max")
 
 def fast_optimizer_options(factory: Callable, device: torch.device) -> dict:
     """On CUDA, the optimizer's fused implementation where it has one (one kernel for all the
-    parameters), else its foreach one; unless the config chose. On the CPU nothing changes (the
-    single-tensor path, the results of every earlier run)."""
+    parameters), else its foreach one; unless the config chose (``fused`` or ``foreach`` true or
+    false, not null). On the CPU nothing changes (the single-tensor path, the results of every
+    earlier run) unless the config chose."""
     if torch.device(device).type != "cuda":
         return {}
     keywords = getattr(factory, "keywords", {}) or {}
-    if "fused" in keywords or "foreach" in keywords:
+    if keywords.get("fused") is not None or keywords.get("foreach") is not None:
         return {}
     accepted = inspect.signature(getattr(factory, "func", factory)).parameters
     for option in ("fused", "foreach"):
