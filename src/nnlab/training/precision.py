@@ -46,13 +46,9 @@ def native_bf16(device: str) -> bool:
     return False  # MPS: bf16 is not faster there than float32
 
 
-def choose(native: bool) -> str:
-    return BF16_MIXED if native else FULL
-
-
 def resolve(trainer: DictConfig) -> str:
     """Replace ``precision: auto`` in the trainer config by the precision it means here; returns
     the precision the run uses."""
     if trainer.precision == AUTO:
-        trainer.precision = choose(native_bf16(device_type(trainer.accelerator)))
+        trainer.precision = BF16_MIXED if native_bf16(device_type(trainer.accelerator)) else FULL
     return trainer.precision
