@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from nnlab.tracking.run import flatten, open_run
+from nnlab.tracking.run import flatten, open_run, store_lock
 from nnlab.train import train
 
 from helpers import REPO, ctrl_c_raises, run_module, venv_env
@@ -239,7 +239,12 @@ def test_ctrl_c_during_training_ends_the_run_killed(project, tmp_path):
     run = None
     while time.time() < deadline and proc.poll() is None:
         time.sleep(1)
-        experiment = client.get_experiment_by_name("nnlab") if (tmp_path / "mlflow.db").exists() else None
+        if not (tmp_path / "mlflow.db").exists():
+            continue
+        # opened as nnlab's own processes open a store: never while the training creates its
+        # tables (a second process migrating the same new SQLite file locks the first one out)
+        with store_lock(uri):
+            experiment = client.get_experiment_by_name("nnlab")
         runs = client.search_runs([experiment.experiment_id]) if experiment else []
         if runs and client.get_metric_history(runs[0].info.run_id, "val_acc"):
             run = runs[0]
@@ -247,7 +252,7 @@ def test_ctrl_c_during_training_ends_the_run_killed(project, tmp_path):
     assert run is not None, "training never logged an epoch"
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, stderr[-4000:]
     assert stderr.strip().splitlines()[-1] == "nnlab.train: error: interrupted; the MLflow run is marked KILLED"
     assert client.get_run(run.info.run_id).info.status == "KILLED"
 
