@@ -234,17 +234,19 @@ def test_ctrl_c_during_training_ends_the_run_killed(project, tmp_path):
         cwd=REPO,
         preexec_fn=ctrl_c_raises,
     )
-    client = MlflowClient(tracking_uri=uri)
     deadline = time.time() + 120
-    run = None
+    client = run = None
     while time.time() < deadline and proc.poll() is None:
         time.sleep(1)
-        if not (tmp_path / "mlflow.db").exists():
-            continue
-        # opened as nnlab's own processes open a store: never while the training creates its
-        # tables (a second process migrating the same new SQLite file locks the first one out)
-        with store_lock(uri):
-            experiment = client.get_experiment_by_name("nnlab")
+        if client is None:
+            if not (tmp_path / "mlflow.db").exists():
+                continue
+            # A client creates and migrates a new store as it is built: built as nnlab's own
+            # processes build theirs, never while the training creates the tables (a second
+            # process migrating the same new SQLite file can lock the training out).
+            with store_lock(uri):
+                client = MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name("nnlab")
         runs = client.search_runs([experiment.experiment_id]) if experiment else []
         if runs and client.get_metric_history(runs[0].info.run_id, "val_acc"):
             run = runs[0]
