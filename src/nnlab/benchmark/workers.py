@@ -285,7 +285,7 @@ def _plain_parts(cfg, device):
     from hydra.utils import instantiate
 
     from nnlab.data.tensors import plain_data
-    from nnlab.models.module import fast_optimizer_options
+    from nnlab.models.module import _TOTAL_STEPS_ARGS, fast_optimizer_options
     from nnlab.models.networks import prefers_channels_last
 
     if cfg.trainer.deterministic and device.type == "cuda":  # as nnlab's fit sets it
@@ -312,7 +312,7 @@ def _plain_parts(cfg, device):
     if cfg.get("scheduler"):
         factory = instantiate(cfg.scheduler)
         keywords = getattr(factory, "keywords", {})
-        extra = {k: max(steps, 10) for k in ("total_steps", "T_max") if k in keywords and keywords[k] is None}
+        extra = {k: max(steps, 10) for k in _TOTAL_STEPS_ARGS if k in keywords and keywords[k] is None}
         scheduler = factory(optimizer, **extra)
     return net, x, y, optimizer, scheduler, steps
 
