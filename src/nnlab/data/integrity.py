@@ -24,12 +24,16 @@ _CHUNK = 1 << 20
 
 def data_files(data_dir: str | Path) -> list[Path]:
     """The data files of a prepared MNIST (raw IDX files + split.npz) or blobs folder (CSVs +
-    scaler.json), in sorted order; a one-line DataError when the folder or one of them is missing."""
+    scaler.json), or every file of another data set's folder, in sorted order; a one-line
+    DataError when the folder or one of MNIST's or the blobs' files is missing."""
     data_dir = Path(data_dir)
     if (data_dir / "manifest.json").is_file() or (data_dir / "raw").is_dir():
         names, remedy = MNIST_DATA_FILES, MNIST_REPAIR
     elif any((data_dir / name).exists() for name in BLOBS_DATA_FILES):
         names, remedy = BLOBS_DATA_FILES, BLOBS_REPAIR
+    elif data_dir.is_dir() and any(p.is_file() for p in data_dir.rglob("*")):
+        # a data set added to nnlab (docs/extending.md): every file in its folder
+        return sorted((p for p in data_dir.rglob("*") if p.is_file()), key=lambda p: p.relative_to(data_dir).as_posix())
     else:
         raise DataError(
             f"{data_dir}: no prepared MNIST (manifest.json, raw/) or blobs (train.csv) here; "
