@@ -377,9 +377,9 @@ def test_dvc_push_then_a_fresh_clone_pulls_and_has_nothing_to_run(team, tmp_path
 
 
 def _readme_curl() -> str:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "deploy.md").read_text()
     match = re.search(r"^(curl .*?/invocations.*)$", text, re.M)
-    assert match, "README.md has no curl example for /invocations"
+    assert match, "docs/deploy.md has no curl example for /invocations"
     return match.group(1)
 
 
@@ -458,7 +458,7 @@ def test_the_served_champion_answers_like_nnlab_predict(team, workspace, tmp_pat
         assert len(served) == len(files)
         assert served.tolist() == by_predict.tolist() == local.tolist()
 
-        # the README's curl example, as written (only the port differs)
+        # the docs' curl example (docs/deploy.md), as written (only the port differs)
         curl = _readme_curl().replace("5001", str(port))
         answer = subprocess.run(curl, shell=True, cwd=REPO, capture_output=True, text=True, timeout=60)
         assert answer.returncode == 0, answer.stderr
