@@ -18,9 +18,15 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from hydra_plugins.nnlab_optuna_sweeper._space import search_space
+from hydra_plugins.nnlab_optuna_sweeper.study import (
+    SearchError,
+    build_pruner,
+    build_sampler,
+    check_objective,
+    resolve_storage,
+)
 from nnlab.data import blobs
 from nnlab.tracking.credentials import STORAGE_ENV, redacted, strip_override
-from nnlab.tracking.search import SearchError, build_pruner, build_sampler, check_objective, resolve_storage
 
 from helpers import REPO, venv_env
 
@@ -52,8 +58,8 @@ def study(project: Path, name: str) -> optuna.Study:
 def tracked(project: Path, name: str):
     """(client, the search's parent runs oldest first, {parent id: its child runs})."""
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("nnlab").experiment_id
-    runs = client.search_runs([exp], filter_string=f"tags.optuna_study = '{name}'")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, filter_string=f"tags.optuna_study = '{name}'")
     parents = sorted((r for r in runs if r.data.tags.get("sweep") == "parent"), key=lambda r: r.info.start_time)
     children = {
         p.info.run_id: [r for r in runs if r.data.tags.get("mlflow.parentRunId") == p.info.run_id] for p in parents

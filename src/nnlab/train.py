@@ -80,7 +80,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     import lightning as L
     from hydra.utils import instantiate
 
-    from nnlab.tracking import record, search
+    from nnlab.tracking import record
+    from nnlab.tracking.trial import job_trial, record_pruned, set_torch_threads_for_job
     from nnlab.training import precision
     from nnlab.training.evaluation import score_and_write
     from nnlab.training.fit import fitter_for, run_summary
@@ -105,7 +106,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     # The values this run used, for `dvc params diff` / `dvc exp show` (dvc.yaml's top-level params).
     write_yaml(out.metrics / "params.yaml", portable(resolved, Path(cfg.paths.root_dir)))
     datamodule, history = instantiate(cfg.data), EpochHistory()
-    trial = search.job_trial()  # in an Optuna search: report every epoch, stop when pruned
+    set_torch_threads_for_job()  # a search's jobs that share this machine's cores split them
+    trial = job_trial()  # in an Optuna search: report every epoch, stop when pruned
     pruning = [PruneWhenJudged(trial.monitor, trial.judge)] if trial else []
     fitter = fitter_for(cfg, resolved, datamodule, history, out.models, pruning)
     (out.models / "model_summary.txt").write_text(fitter.summary_text)
@@ -129,7 +131,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         if trial and trial.pruned_epoch:
             summary["pruned_epoch"] = trial.pruned_epoch
             if run:
-                search.record_pruned(run, trial.pruned_epoch)
+                record_pruned(run, trial.pruned_epoch)
         test_results = (
             score_and_write(net, datamodule, cfg.name, out.metrics, out.plots) if cfg.test_after_fit else None
         )
@@ -159,9 +161,13 @@ def _task(cfg: DictConfig) -> float | None:
     from nnlab.training.runtime import import_lightning
 
     import_lightning()  # first, before anything imports it the ordinary way
-    from nnlab.tracking import record, search
+    from nnlab.tracking import record
+    from nnlab.tracking.trial import finish_trial, in_trial
     from nnlab.training.history import TrainingDiverged
 
+    # Lightning's start-up chatter (device lines, tips); the summary says which device ran. Here,
+    # not in main(): a launcher's worker process runs the task without main().
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     hydra = HydraConfig.get()
     try:
         summary = train(cfg, list(hydra.overrides.task))
@@ -175,14 +181,12 @@ def _task(cfg: DictConfig) -> float | None:
         return None
     except KeyboardInterrupt:
         fail(PROG, "interrupted; the MLflow run is marked KILLED", code=130)
-    if search.in_trial():  # an Optuna search: the trial's metric, or optuna.TrialPruned
-        return search.trial_value(summary)
+    if in_trial():  # an Optuna search: the study is told how the trial ended
+        return finish_trial(summary)
     return summary.get("best_val_acc")  # what a sweeper optimises
 
 
 def main() -> None:
-    # Lightning's start-up chatter (device lines, tips); the summary says which device ran.
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     hydra_main(PROG, _task, quick_exit=True)
 
 

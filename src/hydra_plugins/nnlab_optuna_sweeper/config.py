@@ -1,6 +1,7 @@
 """The sweeper's settings (``hydra.sweeper.*``), registered as ``hydra/sweeper=nnlab_optuna``, and
-its samplers and pruners as the groups ``hydra/sweeper/sampler`` and ``hydra/sweeper/pruner``
-(as hydra-optuna-sweeper does): ``hydra/sweeper/pruner=threshold hydra.sweeper.pruner.upper=0.5``.
+the one table of its samplers and pruners, registered as the groups ``hydra/sweeper/sampler`` and
+``hydra/sweeper/pruner`` (as hydra-optuna-sweeper does): ``hydra/sweeper/pruner=threshold
+hydra.sweeper.pruner.upper=0.5``.
 
 A sampler's or pruner's keys are its Optuna constructor arguments; null means Optuna's default.
 Values are checked when a search starts, each failure one line naming the key (so every field is
@@ -9,7 +10,8 @@ typed ``Any`` here: Hydra's own type errors span several lines).
 
 # No `from __future__ import annotations`: Hydra executes this module before it is in sys.modules,
 # and dataclasses then cannot resolve string annotations.
-from dataclasses import dataclass, field
+import difflib
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -35,64 +37,91 @@ class NnlabOptunaSweeperConf:
     n_jobs: Any = None
     # Stop the search (exit 1) when more than this fraction of its trials failed.
     max_failure_rate: Any = 1.0
+    # Dead workers: every running trial writes a heartbeat every heartbeat_interval seconds; one
+    # silent for grace_period seconds (null: twice the interval) is FAIL, and run again with the
+    # same values up to max_retry times (a trial lost with its process, not one that failed).
+    heartbeat_interval: Any = 10
+    grace_period: Any = None
+    max_retry: Any = 1
     sampler: Any = MISSING  # from hydra/sweeper/sampler (MISSING: the group's node, not null, wins)
     pruner: Any = MISSING  # from hydra/sweeper/pruner
     # The search space: key -> choice(...), range(...), interval(...), tag(log, interval(...)),
     # tag(int, interval(...)), or a fixed value.
     params: Any = field(default_factory=dict)
-    # Set by the sweeper for each job (study, trial, trial_id, storage, threads); leave it null.
+    # Set by the sweeper for each job (study, trial, storage, parent run, threads); leave it null.
     job: Any = None
 
 
-def _node(target: str, *arguments: str) -> dict[str, Any]:
-    return {"_target_": target, **dict.fromkeys(arguments)}
+SETTINGS = tuple(f.name for f in fields(NnlabOptunaSweeperConf) if not f.name.startswith("_") and f.name != "defaults")
 
 
+@dataclass(frozen=True)
+class Choice:
+    """One sampler or pruner: its Optuna class (in optuna.samplers / optuna.pruners) and the
+    constructor arguments its config node offers."""
+
+    cls: str
+    arguments: tuple[str, ...] = ()
+
+
+# The samplers and pruners nnlab offers, by their short names (hydra/sweeper/sampler=<name>).
 SAMPLERS = {
-    "tpe": _node(
-        "optuna.samplers.TPESampler",
-        *("seed", "n_startup_trials", "n_ei_candidates", "multivariate", "group", "constant_liar"),
-        *("consider_prior", "prior_weight", "consider_magic_clip", "consider_endpoints", "warn_independent_sampling"),
+    "tpe": Choice(
+        "TPESampler",
+        (
+            *("seed", "n_startup_trials", "n_ei_candidates", "multivariate", "group", "constant_liar"),
+            *("consider_prior", "prior_weight", "consider_magic_clip", "consider_endpoints"),
+            "warn_independent_sampling",
+        ),
     ),
-    "random": _node("optuna.samplers.RandomSampler", "seed"),
-    "cmaes": _node(
-        "optuna.samplers.CmaEsSampler",
-        *("seed", "x0", "sigma0", "n_startup_trials", "warn_independent_sampling", "consider_pruned_trials"),
-        *("restart_strategy", "popsize", "inc_popsize", "use_separable_cma", "with_margin", "lr_adapt"),
+    "random": Choice("RandomSampler", ("seed",)),
+    "cmaes": Choice(
+        "CmaEsSampler",
+        (
+            *("seed", "x0", "sigma0", "n_startup_trials", "warn_independent_sampling", "consider_pruned_trials"),
+            *("restart_strategy", "popsize", "inc_popsize", "use_separable_cma", "with_margin", "lr_adapt"),
+        ),
     ),
-    "qmc": _node(
-        "optuna.samplers.QMCSampler",
-        *("seed", "qmc_type", "scramble", "warn_asynchronous_seeding", "warn_independent_sampling"),
+    "qmc": Choice(
+        "QMCSampler", ("seed", "qmc_type", "scramble", "warn_asynchronous_seeding", "warn_independent_sampling")
     ),
-    "gp": _node(
-        "optuna.samplers.GPSampler", "seed", "n_startup_trials", "deterministic_objective", "warn_independent_sampling"
-    ),
-    "nsgaii": _node(
-        "optuna.samplers.NSGAIISampler", "seed", "population_size", "mutation_prob", "crossover_prob", "swapping_prob"
-    ),
+    "gp": Choice("GPSampler", ("seed", "n_startup_trials", "deterministic_objective", "warn_independent_sampling")),
+    "nsgaii": Choice("NSGAIISampler", ("seed", "population_size", "mutation_prob", "crossover_prob", "swapping_prob")),
 }
 PRUNERS = {
-    "median": _node(
-        "optuna.pruners.MedianPruner", "n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"
+    "median": Choice("MedianPruner", ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials")),
+    "percentile": Choice(
+        "PercentilePruner", ("percentile", "n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials")
     ),
-    "percentile": _node(
-        "optuna.pruners.PercentilePruner",
-        *("percentile", "n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
+    "successive_halving": Choice(
+        "SuccessiveHalvingPruner", ("min_resource", "reduction_factor", "min_early_stopping_rate", "bootstrap_count")
     ),
-    "successive_halving": _node(
-        "optuna.pruners.SuccessiveHalvingPruner",
-        *("min_resource", "reduction_factor", "min_early_stopping_rate", "bootstrap_count"),
-    ),
-    "hyperband": _node(
-        "optuna.pruners.HyperbandPruner", "min_resource", "max_resource", "reduction_factor", "bootstrap_count"
-    ),
-    "threshold": _node("optuna.pruners.ThresholdPruner", "lower", "upper", "n_warmup_steps", "interval_steps"),
-    "wilcoxon": _node("optuna.pruners.WilcoxonPruner", "p_threshold", "n_startup_steps"),
-    "none": _node("optuna.pruners.NopPruner"),
+    "hyperband": Choice("HyperbandPruner", ("min_resource", "max_resource", "reduction_factor", "bootstrap_count")),
+    "threshold": Choice("ThresholdPruner", ("lower", "upper", "n_warmup_steps", "interval_steps")),
+    "wilcoxon": Choice("WilcoxonPruner", ("p_threshold", "n_startup_steps")),
+    "none": Choice("NopPruner"),
 }
+TABLES = {"sampler": SAMPLERS, "pruner": PRUNERS}
+
+
+def setting_error(key: str) -> str | None:
+    """One line for a ``hydra.sweeper.<key>`` the sweeper does not have (None when it has it)."""
+    name = key.removeprefix("hydra.sweeper.").split(".")[0]
+    if name in SETTINGS:
+        return None
+    close = difflib.get_close_matches(name, SETTINGS, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return f"hydra.sweeper.{name}: the Optuna sweeper has no such setting; {hint}allowed: {', '.join(SETTINGS)}"
+
+
+def choice_error(kind: str, name: str) -> str:
+    """One line for ``hydra/sweeper/<kind>=<name>`` naming an option that does not exist."""
+    return f"hydra/sweeper/{kind}={name}: unknown {kind}; allowed: {', '.join(TABLES[kind])}"
+
 
 store = ConfigStore.instance()
 store.store(group="hydra/sweeper", name="nnlab_optuna", node=NnlabOptunaSweeperConf, provider="nnlab_optuna_sweeper")
-for group, nodes in (("hydra/sweeper/sampler", SAMPLERS), ("hydra/sweeper/pruner", PRUNERS)):
-    for name, node in nodes.items():
-        store.store(group=group, name=name, node=node, provider="nnlab_optuna_sweeper")
+for kind, table in TABLES.items():
+    for name, choice in table.items():
+        node = {"_target_": f"optuna.{kind}s.{choice.cls}", **dict.fromkeys(choice.arguments)}
+        store.store(group=f"hydra/sweeper/{kind}", name=name, node=node, provider="nnlab_optuna_sweeper")

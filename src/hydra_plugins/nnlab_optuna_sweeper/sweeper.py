@@ -1,4 +1,4 @@
-"""The Hydra ``Sweeper`` class; the work happens in ``_search`` (imported only when a search runs)."""
+"""The Hydra ``Sweeper`` class; the work happens in ``_loop`` (imported only when a search runs)."""
 
 from typing import Any
 
@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 class NnlabOptunaSweeper(Sweeper):
     def __init__(self, **settings: Any) -> None:
-        from ._search import OptunaSearch
+        from ._loop import OptunaSearch
 
         self.search = OptunaSearch(**settings)
 

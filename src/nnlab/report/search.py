@@ -1,5 +1,10 @@
 """The report of an Optuna study: ``reports/search/<study>.md`` and Optuna's own plots
-(optimisation history, parameter importances, parallel coordinates) as PNG beside it."""
+(optimisation history, parameter importances, parallel coordinates) as PNG in
+``reports/search/<study>/``: the report links them by that relative path, which the parent run's
+artifacts (``search/<study>.md``, ``search/<study>/*.png``) keep too.
+
+A report may be committed, so it holds nothing of the machine that made it: no absolute path, no
+run id (the parent run's tags name the best trial's run; the terminal summary prints it)."""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ from pathlib import Path
 
 from nnlab.report import plots
 from nnlab.tracking.credentials import redacted
+
+PARALLEL_CMAP = "viridis"  # Optuna's default (Blues) draws the worst trials near white
 
 MAX_ROWS = 50
 
@@ -24,7 +31,7 @@ def _plots(study, metric: str, folder: Path) -> tuple[list[Path], list[str]]:
         "importances": lambda: vis.plot_param_importances(
             study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), target_name=metric
         ),
-        "parallel_coordinates": lambda: vis.plot_parallel_coordinate(study, target_name=metric),
+        "parallel_coordinates": lambda: _readable(vis.plot_parallel_coordinate(study, target_name=metric)),
     }
     for name, draw in charts.items():
         try:
@@ -38,14 +45,41 @@ def _plots(study, metric: str, folder: Path) -> tuple[list[Path], list[str]]:
     return drawn, skipped
 
 
+def _readable(ax):
+    """Optuna's parallel coordinates with room for every axis's labels and visible lines."""
+    axes = len(ax.figure.axes)
+    ax.figure.set_size_inches(max(8.0, 2.2 * axes), 5.5)
+    for collection in ax.collections:
+        collection.set_cmap(PARALLEL_CMAP)
+    for other in ax.figure.axes:
+        for image in other.collections:
+            image.set_cmap(PARALLEL_CMAP)
+        other.tick_params(labelsize=8)
+    ax.tick_params(axis="x", labelrotation=15)
+    ax.figure.tight_layout()
+    return ax
+
+
+def portable_storage(url: str, root: Path | None) -> str:
+    """The storage as a clone would write it: an SQLite file under the project root relative to
+    it (``sqlite:///optuna.db``), any other URL without its credentials."""
+    url = redacted(url)
+    if root is not None and url.startswith("sqlite:////"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if path.is_relative_to(root):
+            return f"sqlite:///{path.relative_to(root).as_posix()}"
+    return url
+
+
 def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
     return "" if value is None else str(value).replace("|", "\\|")
 
 
-def write_search_report(study, summary: dict, folder: Path) -> list[Path]:
-    """Writes the report and its plots; returns their paths, the Markdown file first."""
+def write_search_report(study, summary: dict, folder: Path, root: Path | None = None) -> list[Path]:
+    """Writes the report and its plots; returns their paths, the Markdown file first. ``root``:
+    the project root, which a storage file below it is written relative to."""
     import optuna
 
     folder = Path(folder)
@@ -58,11 +92,11 @@ def write_search_report(study, summary: dict, folder: Path) -> list[Path]:
         "",
         "| | |",
         "| --- | --- |",
-        f"| storage | `{redacted(summary['storage'])}` |",
+        f"| storage | `{portable_storage(summary['storage'], root)}` |",
         f"| objective | {metric}, {summary['direction']} (the best epoch's value of each trial) |",
         f"| sampler, pruner | {summary['sampler']}, {summary['pruner']} |",
         f"| trials | {summary['trials']}: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed |",
-        f"| MLflow parent runs | {', '.join(f'`{p}`' for p in summary['parents']) or '(not tracked)'} |",
+        "| in MLflow | the parent run `search: " + name + "`; each trial a child run `trial <n>` |",
         "",
         "## Best trial",
         "",
@@ -70,8 +104,7 @@ def write_search_report(study, summary: dict, folder: Path) -> list[Path]:
     best = summary["best"]
     if best:
         lines += [
-            f"Trial {best['number']}: **{metric} = {best['value']:.6g}**, MLflow run "
-            f"`{best['mlflow_run_id'] or '-'}`, folder `{best['run_dir'] or '-'}`.",
+            f"Trial {best['number']}: **{metric} = {best['value']:.6g}** (MLflow: the run `trial {best['number']}`).",
             "",
             "| parameter | value |",
             "| --- | --- |",
@@ -90,10 +123,8 @@ def write_search_report(study, summary: dict, folder: Path) -> list[Path]:
         "",
         f"## Trials ({'best first' if len(ranked) <= MAX_ROWS else f'the best {MAX_ROWS} of {len(ranked)}'})",
         "",
-        "| trial | state | "
-        + " | ".join([metric, "epochs", *(f"`{p}`" for p in params), "seconds", "MLflow run"])
-        + " |",
-        "| " + " | ".join(["---"] * (len(params) + 6)) + " |",
+        "| trial | state | " + " | ".join([metric, "epochs", *(f"`{p}`" for p in params), "seconds"]) + " |",
+        "| " + " | ".join(["---"] * (len(params) + 5)) + " |",
     ]
     for t in ranked[:MAX_ROWS]:
         seconds = round(t.duration.total_seconds(), 1) if t.duration else None
@@ -104,7 +135,6 @@ def write_search_report(study, summary: dict, folder: Path) -> list[Path]:
             t.last_step,
             *(t.params.get(p) for p in params),
             seconds,
-            t.user_attrs.get("mlflow_run_id"),
         ]
         lines.append("| " + " | ".join(_cell(v) for v in cells) + " |")
     lines += ["", "## Plots", ""]

@@ -21,7 +21,7 @@ from nnlab.config.errors import TrackingError
 from nnlab.config.paths import Outputs, portable
 from nnlab.data.integrity import data_hash
 from nnlab.report.tables import read_json, write_json
-from nnlab.tracking.sweep import sweep_tags
+from nnlab.tracking.trial import run_name, sweep_tags
 
 if TYPE_CHECKING:
     from nnlab.tracking.run import Run
@@ -90,7 +90,7 @@ def training_run(
     with (
         open_run(
             mlflow_cfg.experiment_name,
-            cfg.name,
+            run_name(cfg.name),  # a sweep's job: its trial or its swept values
             Path(cfg.paths.root_dir),
             mlflow_cfg.tracking_uri,
             tags={**tags, **process_tags()},
@@ -117,7 +117,7 @@ def record_failed_job(cfg: DictConfig, message: str) -> None:
         [exp_id], filter_string=f"tags.sweep_job = '{tags['sweep_job']}' and tags.sweep_id = '{parent.run_id}'"
     ):
         return
-    run = client.create_run(exp_id, run_name=str(cfg.get("name")), tags=tags)
+    run = client.create_run(exp_id, run_name=run_name(str(cfg.get("name"))), tags=tags)
     client.set_terminated(run.info.run_id, "FAILED")
 
 
