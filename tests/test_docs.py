@@ -326,4 +326,11 @@ def test_extending_guide_works_as_written(tmp_path):
     assert run.data.metrics["test_acc"] == pytest.approx(test["test_acc"])
     assert run.data.params["model.width"] == "32"
     assert run.data.tags["data"] == "circles" and run.data.tags["model"] == "ResidualMLP"
+    assert client.get_experiment(run.info.experiment_id).name == "nnlab-circles"
+    # what the compare stage of a whole `dvc repro` does with it (run alone: no MNIST here)
+    compared = subprocess.run(
+        [sys.executable, "-m", "nnlab.compare"], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert compared.returncode == 0, compared.stderr
+    assert f"| {name} |" in (root / "reports" / "comparison.md").read_text()
     assert len(run.data.tags["data_md5"]) == 32
