@@ -97,6 +97,24 @@ def test_the_docs_exist_and_the_readme_is_short():
         assert (REPO / "docs" / f"{page}.md").is_file(), page
 
 
+def test_the_readmes_figures_are_the_committed_results():
+    """The Results table quotes metrics/<experiment>/test.json, each experiment once."""
+    readme = (REPO / "README.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \|.*\| ([\d.]+) %[^|]*\|$", readme, re.M)
+    quoted = {name: float(value) for name, value in rows}
+    assert len(quoted) == len(rows) >= 4, rows
+    for name, value in quoted.items():
+        test = json.loads((REPO / "metrics" / name / "test.json").read_text())
+        assert value == round(100 * test["test_acc"], 2), name
+
+
+def test_the_readme_holds_no_timing_history():
+    """No machine-by-machine history: no commit hashes, CPU generations or 'earlier' runs."""
+    readme = (REPO / "README.md").read_text()
+    for pattern in (r"\b[0-9a-f]{7,40}\b", r"\bZen ?\d", r"earlier (machine|run)", r"an hour earlier", r"/work/|/tmp/"):
+        assert not re.search(pattern, readme), pattern
+
+
 def test_the_link_finder_sees_links_and_anchors():
     """The parsing the link test relies on, on a known text (so that the link test can fail)."""
     assert _slug("Team mode (`make services-up`)") == "team-mode-make-services-up"
