@@ -68,42 +68,6 @@ def test_the_schema_names_the_networks_activations():
     assert tuple(named) == tuple(ACTIVATIONS)
 
 
-def _in_fresh_interpreter(code: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=venv_env(), cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-@pytest.mark.parametrize("scipy_first", [False, True], ids=["alone", "after-scipy"])
-def test_a_training_imports_lightning_without_torchvision_and_scipy_signal(scipy_first):
-    """torchmetrics imports torchvision's models and scipy.signal when they are installed; the
-    training leaves them out (UNUSED_IN_TRAINING) even where MLflow already imported scipy, and
-    both still import afterwards, the same scipy module as before."""
-    code = f"""
-import json, sys
-if {scipy_first}:
-    import scipy
-before = sys.modules.get("scipy")
-from nnlab.training.runtime import import_lightning
-lightning = import_lightning()
-loaded = {{name: name in sys.modules for name in ("lightning", "torchmetrics", "torchvision", "scipy.signal")}}
-trainer_ok = lightning.Trainer(logger=False, enable_progress_bar=False, max_epochs=3).max_epochs == 3
-same_scipy = before is None or sys.modules["scipy"] is before
-import scipy.signal, torchvision
-print(json.dumps({{**loaded, "trainer": trainer_ok, "same_scipy": same_scipy, "again": import_lightning() is lightning}}))
-"""
-    result = _in_fresh_interpreter(code)
-    assert result == {
-        "lightning": True,
-        "torchmetrics": True,
-        "torchvision": False,
-        "scipy.signal": False,
-        "trainer": True,
-        "same_scipy": True,
-        "again": True,
-    }
-
-
 def _imported(importtime_report: str) -> set[str]:
     """The top-level packages a ``python -X importtime`` process imported, from its report."""
     return {

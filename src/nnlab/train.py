@@ -67,10 +67,12 @@ def run_outputs(cfg: DictConfig) -> tuple[Outputs, Outputs | None]:
 def resumed_run_id(out: Outputs) -> str | None:
     """The MLflow run that the unfinished run in ``out`` continues; a last.ckpt that is damaged or
     not nnlab's is a config error naming it (Lightning would print torch's traceback)."""
-    from nnlab.models.checkpoint import saved_run_id
+    from nnlab.models.checkpoint import WriterAlive, saved_run_id
 
     try:
         return saved_run_id(out.models / "last.ckpt")
+    except WriterAlive as exc:  # a live run is never joined by a second process
+        raise ConfigError(f"resume: {exc}") from None
     except ValueError as exc:
         raise ConfigError(f"resume: {exc}; delete {out.models.parent} or run without resume=true") from None
 
@@ -158,9 +160,6 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
 
 
 def _task(cfg: DictConfig) -> float | None:
-    from nnlab.training.runtime import import_lightning
-
-    import_lightning()  # first, before anything imports it the ordinary way
     from nnlab.tracking import record
     from nnlab.tracking.trial import finish_trial, in_trial
     from nnlab.training.history import TrainingDiverged

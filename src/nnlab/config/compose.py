@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import sys
 from collections.abc import Callable
 
@@ -29,7 +30,12 @@ def compose_config(overrides: list[str], config_name: str = "train") -> DictConf
 def precheck(prog: str, argv: list[str]) -> None:
     """Compose and validate the command line before Hydra runs it, so a bad key, type or value
     gives one line naming the key (Hydra's own messages span several). Sweeps are checked per job."""
-    if any(a in ("-m", "--multirun") or a.startswith("-") for a in argv):
+    if any(a in ("-m", "--multirun") for a in argv):
+        problem = sweep_problem([a for a in argv if ("=" in a or a.startswith("~")) and not a.startswith("-")])
+        if problem:
+            fail(prog, f"config: {problem}")
+        return
+    if any(a.startswith("-") for a in argv):
         return
     try:
         validate(compose_config(argv))
@@ -38,6 +44,43 @@ def precheck(prog: str, argv: list[str]) -> None:
     except (HydraException, OmegaConfBaseException) as exc:
         key = getattr(exc.__cause__, "full_key", None) or getattr(exc, "full_key", None)
         fail(prog, f"config: {one_line(exc)}{_allowed_hint(str(key), argv) if key else ''}")
+
+
+def sweep_problem(overrides: list[str]) -> str | None:
+    """What stops a sweep before its first job, in one line: an override that cannot be read
+    (``choice()``), or the sweep's settings with its fixed values (a misspelt ``hydra.sweeper``
+    key, a sampler that does not exist). The values swept are each job's to check."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    from hydra_plugins.nnlab_optuna_sweeper.config import TABLES, choice_error, setting_error
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.startswith("See ")]
+        return f"{exc.override}: {lines[-1].rpartition(': ')[2] if lines else exc}"
+    fixed = [text for text, o in zip(overrides, parsed) if not o.is_sweep_override()]
+    for o in parsed:
+        kind = o.key_or_group.removeprefix("hydra/sweeper/")
+        if kind in TABLES and o.value() not in TABLES[kind]:
+            return choice_error(kind, str(o.value()))
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=fixed, return_hydra_config=True)
+    except MissingConfigException as exc:
+        return one_line(exc).split(" Available options")[0]
+    except (HydraException, OmegaConfBaseException) as exc:
+        key = str(getattr(exc.__cause__, "full_key", None) or getattr(exc, "full_key", None) or "")
+        if key.startswith("hydra.sweeper.") and "NnlabOptunaSweeperConf" in one_line(exc):
+            return setting_error(key) or one_line(exc)
+        return one_line(exc)
+    if cfg.hydra.sweeper.get("_target_", "").endswith("NnlabOptunaSweeper"):
+        for key in cfg.hydra.sweeper:
+            if not str(key).startswith("_") and setting_error(str(key)):
+                return setting_error(str(key))
+    return None
 
 
 def _allowed_hint(key: str, argv: list[str]) -> str:
@@ -66,7 +109,7 @@ def help_text(prog: str, argv: list[str]) -> str:
     """What ``--help`` prints: the command, the config groups and the config these overrides
     compose. Hydra's own --help formats every group by composing the whole repository once per
     group (seconds); this reads the folder and composes once. ``--hydra-help`` is Hydra's."""
-    doc = (sys.modules["__main__"].__doc__ or "").strip()
+    doc = (importlib.import_module(prog).__doc__ or "").strip()
     lines = [
         f"usage: python -m {prog} [key=value ...] [group=option ...] [-m] [--cfg job] [--info] [--hydra-help]",
         "",

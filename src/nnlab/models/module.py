@@ -183,21 +183,20 @@ class Classifier(L.LightningModule):
     def _block_step(self, batch) -> None:
         """One optimizer step per batch of the block: forward, zero_grad, backward, step, and the
         scheduler's step, as Lightning's automatic optimization orders them (backward and step
-        outside autocast, as there); then Lightning's step count moves on by as many steps."""
+        outside autocast, as there). The steps go through Lightning's optimizer (manual
+        optimization), which counts each of them in ``trainer.global_step``."""
         x, y = batch
-        optimizer = self.optimizers(use_pl_optimizer=False)
+        optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
         autocast = torch.is_autocast_enabled(x.device.type)
-        parts = list(zip(x.split(self.batch_size), y.split(self.batch_size)))
-        for x_part, y_part in parts:
+        for x_part, y_part in zip(x.split(self.batch_size), y.split(self.batch_size)):
             loss = self._step((x_part, y_part), "train")
             with torch.autocast(x.device.type, enabled=False) if autocast else nullcontext():
                 optimizer.zero_grad()
-                loss.backward()
+                self.manual_backward(loss)
                 optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-        self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.increment_by(len(parts))
 
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")

@@ -20,6 +20,8 @@ from nnlab.data.tensors import TensorData
 AUTO_STEPS_PER_CALL = 16  # Lightning's per-batch cost, paid once per 16 optimizer steps
 # Callback hooks Lightning calls around every optimizer step: a block's steps call none of them.
 PER_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad")
+# ModelCheckpoint's arguments that save in the middle of an epoch, counted in training steps or time.
+STEPWISE_CHECKPOINT_KEYS = ("every_n_train_steps", "train_time_interval")
 PRECISIONS = ("32-true", "64-true", "bf16-mixed", "bf16-true")  # those without a gradient scaler
 
 
@@ -31,7 +33,9 @@ def obstacles(cfg: DictConfig, trainer: L.Trainer, datamodule) -> list[str]:
     callbacks = trainer.callbacks
     hooked = [f"{type(c).__name__}.{h}" for c in callbacks for h in PER_STEP_HOOKS if is_overridden(h, c, L.Callback)]
     stepwise = [
-        c for c in callbacks if getattr(c, "_every_n_train_steps", 0) or getattr(c, "_train_time_interval", None)
+        name
+        for name, spec in (cfg.get("callbacks") or {}).items()
+        if spec is not None and any(spec.get(key) for key in STEPWISE_CHECKPOINT_KEYS)
     ]
     found = [
         (not isinstance(datamodule, TensorData), f"data._target_={cfg.data._target_} (not one of nnlab's data sets)"),
@@ -44,7 +48,7 @@ def obstacles(cfg: DictConfig, trainer: L.Trainer, datamodule) -> list[str]:
         (trainer.accumulate_grad_batches != 1, f"accumulate_grad_batches={trainer.accumulate_grad_batches}"),
         (trainer.max_steps != -1, f"max_steps={trainer.max_steps}"),
         (bool(hooked), f"callbacks with per-step hooks ({', '.join(hooked)})"),
-        (bool(stepwise), "a checkpoint every n training steps"),
+        (bool(stepwise), f"a checkpoint every n training steps or seconds (callbacks.{', '.join(stepwise)})"),
     ]
     return [reason for present, reason in found if present]
 

@@ -1,20 +1,20 @@
 """Process settings a training run makes before it starts: two per-step costs that are neither
-the model's nor nnlab's, removed. The values computed are untouched.
+the model's nor nnlab's, removed. The values computed are untouched (reports/bench.md has the
+figures).
 
 **The allocator.** glibc's malloc serves a block above its mmap threshold (128 KiB at start, raised as large blocks
 are freed) with a fresh mmap, and returns the top of the heap to the kernel once more than the
 trim threshold is free. A training step allocates and frees the same large tensors every time
 (a CNN batch's activations are 13 MB each), so without this every step maps new pages and takes
-a page fault per 4 KiB of them: on the 2-core machine a quarter of a CNN step went to page faults,
-and a process's speed depended on how far its earlier allocations had happened to raise the
-threshold. With a fixed threshold of 32 MiB (glibc's largest) and no trimming, the freed blocks
+a page fault per 4 KiB of them: a large share of a CNN step on the CPU went to page faults, and a
+process's speed depended on how far its earlier allocations had happened to raise the threshold. With a fixed threshold of 32 MiB (glibc's largest) and no trimming, the freed blocks
 are reused; the process keeps its peak working set, which it reaches every step anyway.
 
 **CUDA probing.** Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 when it is imported, so that
 ``torch.cuda.is_available()`` asks NVML instead of initialising CUDA; torch does not cache that
-answer before CUDA is initialised, and its optimizers ask it in every ``step()``: 43 µs a step on
-the 2-core machine (a dlopen of the NVML library that fails), 2 % of a small MLP's step. Where
-there is no CUDA device, an empty CUDA_VISIBLE_DEVICES answers at once (3 µs).
+answer before CUDA is initialised, and its optimizers ask it in every ``step()`` (a dlopen of the
+NVML library that fails, a visible share of a small MLP's step). Where there is no CUDA device, an
+empty CUDA_VISIBLE_DEVICES answers at once.
 """
 
 from __future__ import annotations
@@ -57,48 +57,3 @@ def stop_cuda_probing() -> bool:
 def prepare_training_process() -> None:
     reuse_freed_memory()
     stop_cuda_probing()
-
-
-# Installed packages that torchmetrics imports with itself, and so with Lightning, and that a
-# training never calls: torchvision's model zoo (which brings torch._dynamo) for image metrics,
-# and scipy.signal for audio ones. About 1.9 s of every training process's start on 2 cores.
-UNUSED_IN_TRAINING = ("torchvision", "scipy")
-
-
-def import_lightning():
-    """``import lightning``, with UNUSED_IN_TRAINING looking absent while it is imported: torchmetrics
-    then leaves them out (as on a machine without them) and says so if one of its metrics that
-    need them is called in this process. Importing them later, for anything else, works."""
-    if "lightning" in sys.modules:
-        return sys.modules["lightning"]
-    from importlib.metadata import PackageNotFoundError
-
-    from lightning_utilities.core import imports as checks
-
-    hidden = {name: sys.modules.get(name) for name in UNUSED_IN_TRAINING}  # MLflow imports scipy
-    real_version = checks._version
-
-    def version(name: str) -> str:  # what RequirementCache asks the package metadata
-        if name in hidden:
-            raise PackageNotFoundError(name)
-        return real_version(name)
-
-    checks._version = version
-    sys.modules.update(dict.fromkeys(hidden))  # `import` and find_spec see None: not installed
-    _forget_checks(checks)
-    try:
-        import lightning
-    finally:
-        checks._version = real_version
-        for name, module in hidden.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
-        _forget_checks(checks)
-    return lightning
-
-
-def _forget_checks(checks) -> None:
-    checks.package_available.cache_clear()
-    checks.module_available.cache_clear()
