@@ -82,6 +82,19 @@ services-down: install-team
 services-status: install-team
 	python -m nnlab.team status
 
+# A single-node Slurm on 127.0.0.1 (docs/cluster.md): munge, MariaDB, slurmdbd, slurmctld, slurmd
+# from Debian's slurm-wlm, munge, slurmdbd and mariadb-server; state in .cluster/.
+# Then `source .cluster/env` and sinfo, sbatch, srun, sacct, hydra/launcher=slurm use it.
+.PHONY: cluster-up cluster-down cluster-status
+cluster-up: install
+	python -m nnlab.cluster up
+
+cluster-down: install
+	python -m nnlab.cluster down
+
+cluster-status: install
+	python -m nnlab.cluster status
+
 # The champion over HTTP, from MLFLOW_TRACKING_URI (source .services/env: the team server),
 # else the embedded store. POST a JSON batch to http://127.0.0.1:$(SERVE_PORT)/invocations.
 SERVE_PORT ?= 5001

@@ -1,0 +1,241 @@
+"""A real single-node Slurm (Debian's slurm-wlm, munge, slurmdbd on MariaDB) started on loopback
+by ``python -m nnlab.cluster up`` in a temporary folder, once for this file, and stopped after.
+Searches, sweeps and trainings go through sbatch and srun on the blobs; sacct is read back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from nnlab.data import blobs
+from nnlab.services import slurm
+from nnlab.services.settings import free_port
+
+from helpers import REPO, run_module, venv_env
+
+# A trial or sweep job on this cluster: no GPU, one core, 1 GB (the launcher's defaults are a GPU node's).
+CPU_JOB = (
+    "hydra/launcher=slurm",
+    "hydra.launcher.gpus_per_task=0",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=1",
+    "hydra.launcher.timeout_min=10",
+)
+
+
+def cluster_cli(command: str, folder: Path, timeout: int = 300, **env: str) -> subprocess.CompletedProcess:
+    return run_module("nnlab.cluster", command, "--dir", str(folder), cwd=folder.parent, timeout=timeout, **env)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """The cluster on free ports, up for the whole session."""
+    folder = tmp_path_factory.mktemp("slurm") / ".cluster"
+    slurm.Cluster.with_free_ports(folder).write()
+    started = time.perf_counter()
+    up = cluster_cli("up", folder)
+    print(f"\ncluster up (first start) in {time.perf_counter() - started:.1f} s")
+    c = slurm.Cluster.load(folder)
+    try:
+        assert up.returncode == 0, up.stderr
+        yield c
+    finally:
+        down = cluster_cli("down", folder)
+        assert down.returncode == 0, down.stderr
+        assert all(d.pid_file(c).pid() is None for d in slurm.DAEMONS)
+
+
+def slurm_env(cluster: slurm.Cluster, **extra: str) -> dict[str, str]:
+    """A shell after ``source .cluster/env``."""
+    return venv_env(**cluster.client_env(), **extra)
+
+
+def client(cluster: slurm.Cluster, *argv: str) -> str:
+    done = subprocess.run(list(argv), capture_output=True, text=True, env=slurm_env(cluster), timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def accounted(cluster: slurm.Cluster, since: float) -> dict[str, tuple[str, str]]:
+    """sacct's jobs (allocations, not steps) started after ``since``: {id: (name, state)}."""
+    start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 1))
+    out = client(cluster, "sacct", "-X", "-n", "-P", "-S", start, "-o", "JobID,JobName,State")
+    rows = [line.split("|") for line in out.splitlines() if line]
+    return {job: (name, state) for job, name, state in rows}
+
+
+def finished_jobs(cluster: slurm.Cluster, since: float, count: int, timeout: float = 60) -> dict[str, tuple[str, str]]:
+    """``accounted`` once ``count`` jobs have ended (a job's result is on disk a moment before
+    Slurm records its end)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs = accounted(cluster, since)
+        ended = [state for _, state in jobs.values() if state not in ("PENDING", "RUNNING", "REQUEUED")]
+        if len(ended) >= count or time.monotonic() > deadline:
+            return jobs
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    blobs.write(root / "data" / "blobs", blobs.make(500, 3, 2, 42, 0.2))
+    (root / "params.yaml").write_text("{}\n")
+    return root
+
+
+def train(cluster, project, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = slurm_env(cluster, NNLAB_ROOT=str(project), MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}")
+    env.pop("NNLAB_OPTUNA_STORAGE", None)
+    multirun = [a for a in args if a == "-m"]
+    overrides = [a for a in args if a != "-m"]
+    command = [sys.executable, "-m", "nnlab.train", *multirun, "trainer=cpu", "trainer.enable_progress_bar=false"]
+    command += overrides
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def mlflow_runs(project: Path, filter_string: str):
+    mlflow = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in mlflow.search_experiments()]
+    return mlflow, mlflow.search_runs(experiments, filter_string=filter_string)
+
+
+# ---- the cluster itself ------------------------------------------------------------------------
+
+
+def test_up_is_idempotent_loopback_only_and_sacct_lists_finished_jobs(cluster):
+    import psutil
+
+    before = {d.name: d.pid_file(cluster).pid() for d in slurm.DAEMONS}
+    again = cluster_cli("up", cluster.dir)
+    assert again.returncode == 0, again.stderr
+    assert {d.name: d.pid_file(cluster).pid() for d in slurm.DAEMONS} == before  # nothing restarted
+    status = cluster_cli("status", cluster.dir)
+    assert status.returncode == 0, status.stdout + status.stderr
+    lines = status.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [*(d.name for d in slurm.DAEMONS), f"node {cluster.node}"]
+    assert lines[-1] == f"node {cluster.node}: idle, partition {slurm.PARTITION}"
+
+    # every daemon listens on 127.0.0.1 only, on the ports of .cluster/env (none of Slurm's defaults)
+    listening = set()
+    for pid in before.values():
+        listening |= {c.laddr for c in psutil.Process(pid).net_connections("inet") if c.status == psutil.CONN_LISTEN}
+    assert {addr.ip for addr in listening} == {"127.0.0.1"}
+    assert set(cluster.ports().values()) <= {addr.port for addr in listening}
+    assert not {6817, 6818, 6819} & {addr.port for addr in listening}
+
+    # the node advertises this machine's cores and memory
+    node = client(cluster, "scontrol", "show", "node", cluster.node)
+    hardware = slurm.node_hardware()
+    assert f"CPUTot={os.cpu_count()}" in node and f"RealMemory={hardware['RealMemory']}" in node
+
+    # sourcing the env file is all a shell needs; srun runs tasks, sacct lists them with states
+    env_text = cluster.env_file.read_text()
+    assert f"export SLURM_CONF={cluster.conf}" in env_text
+    started = time.time()
+    assert client(cluster, "srun", "-n", "2", "-J", "hello", "echo", "hi").split() == ["hi", "hi"]
+    failed = subprocess.run(["srun", "-J", "fails", "false"], env=slurm_env(cluster), capture_output=True)
+    assert failed.returncode != 0
+    states = {name: state for name, state in finished_jobs(cluster, started, 2).values()}
+    assert states["hello"] == "COMPLETED" and states["fails"] == "FAILED"
+
+
+def test_failures_are_one_line_naming_the_daemon_and_its_log(tmp_path, cluster):
+    # a port in use (the running cluster's controller port) is named before anything starts
+    folder = tmp_path / ".cluster"
+    clash = slurm.Cluster(folder, cluster.ctld_port, free_port(), free_port(), free_port())
+    clash.write()
+    up = cluster_cli("up", folder)
+    errors = [line for line in up.stderr.splitlines() if line.startswith("nnlab.cluster: error:")]
+    assert up.returncode == 1 and len(errors) == 1 and "Traceback" not in up.stderr, up.stderr
+    assert errors[0] == (
+        f"nnlab.cluster: error: slurmctld: port {cluster.ctld_port} is in use by another program; "
+        f"stop it or change it in {folder / 'env'}"
+    )
+    assert all(d.pid_file(clash).pid() is None for d in slurm.DAEMONS)  # nothing was started
+
+    # a daemon that died is named with its log; up starts it again
+    slurmd_pid = slurm.SLURMD.pid_file(cluster).pid()
+    os.kill(slurmd_pid, signal.SIGKILL)
+    status = cluster_cli("status", cluster.dir)
+    assert status.returncode == 3
+    assert f"slurmd: stopped (log: {cluster.logs / 'slurmd.log'})" in status.stdout.splitlines()
+    assert cluster_cli("up", cluster.dir).returncode == 0
+    assert slurm.SLURMD.pid_file(cluster).pid() not in (None, slurmd_pid)
+    assert slurm.node_state(cluster) == "idle"
+
+    # a program that is not installed names its Debian package
+    with pytest.raises(slurm.ServiceError) as missing:
+        slurm.program("slurmctld-not-installed")
+    assert str(missing.value) == (
+        "slurmctld-not-installed: program not found "
+        "(Debian package slurmctld-not-installed: apt-get install slurmctld-not-installed)"
+    )
+    status = cluster_cli("status", folder)
+    assert status.returncode == 3 and "munge: stopped" in status.stdout
+
+
+# ---- searches and sweeps as Slurm jobs ---------------------------------------------------------
+
+
+def test_an_optuna_search_runs_every_trial_through_sbatch(cluster, project):
+    started = time.time()
+    run = train(
+        cluster,
+        project,
+        "-m",
+        "hparams_search=blobs_optuna",
+        "trainer.max_epochs=2",
+        *CPU_JOB,
+        "hydra.launcher.array_parallelism=2",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.study_name=slurm_search",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Bypassing sacct error" not in run.stderr + run.stdout
+    jobs = finished_jobs(cluster, started, 4)
+    assert len(jobs) == 4 and {state for _, state in jobs.values()} == {"COMPLETED"}, jobs
+    assert all("_" in job for job in jobs)  # array tasks: two arrays of two
+
+    study = optuna.load_study(study_name="slurm_search", storage=f"sqlite:///{project / 'optuna.db'}")
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    _, runs = mlflow_runs(project, "tags.optuna_study = 'slurm_search'")
+    [parent] = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(int(k.data.tags["optuna_trial"]) for k in kids) == [0, 1, 2, 3]
+    assert all(k.info.status == "FINISHED" for k in kids) and parent.info.status == "FINISHED"
+    assert parent.data.metrics["best_value"] == study.best_value
+    assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {k.info.run_id for k in kids}
+
+
+def test_a_grid_sweep_runs_every_job_through_sbatch(cluster, project):
+    started = time.time()
+    run = train(
+        cluster,
+        project,
+        "-m",
+        "experiment=blobs_linear",
+        "name=slurm_grid",
+        "trainer.max_epochs=2",
+        "optimizer.lr=0.01,0.1",
+        *CPU_JOB,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Bypassing sacct error" not in run.stderr + run.stdout
+    jobs = finished_jobs(cluster, started, 2)
+    assert len(jobs) == 2 and {state for _, state in jobs.values()} == {"COMPLETED"}, jobs
+    _, [parent] = mlflow_runs(project, "attributes.run_name = 'sweep: slurm_grid'")
+    _, kids = mlflow_runs(project, f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(k.data.params["optimizer.lr"] for k in kids) == ["0.01", "0.1"]
+    assert all(k.info.status == "FINISHED" and k.data.metrics["test_acc"] > 0.5 for k in kids)
+    assert parent.info.status == "FINISHED"
