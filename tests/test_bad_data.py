@@ -279,6 +279,67 @@ def test_bad_blobs_csv(blobs_dir, split, damage, what):
         assert message == f"{path}{sep}{what}; {BLOBS_FIX}"
 
 
+@pytest.mark.parametrize(
+    "value, what",
+    [
+        ("1e39", "1e39 overflows float32, the type training reads the data as (largest 3.403e+38)"),
+        ("-1e30", "-1e+30 is not a standardised value (|x| <= sqrt(500 - 1) = 22.34 for 500 points)"),
+        ("23", "23 is not a standardised value (|x| <= sqrt(500 - 1) = 22.34 for 500 points)"),
+    ],
+)
+def test_blobs_values_too_large_for_training_blame_the_data(blobs_dir, value, what):
+    """1e39 is finite as float64 but inf as the float32 training uses (the run then blamed the
+    learning rate); 1e30 trained to a loss of 1.6e27 and was reported a success."""
+    path = blobs_dir / "train.csv"
+    path.write_text(set_cell(11, 1, value)(path.read_text()))
+    assert error_of(blobs.load, blobs_dir) == (f"{path} line 11, column x2: {what}; the data is at fault: {BLOBS_FIX}")
+
+
+def test_training_on_overflowing_blobs_fails_in_one_line_naming_the_data(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from helpers import run_module
+
+    root = tmp_path / "project"
+    blobs.write(root / "data" / "blobs", blobs.make(500, 3, 2, 42, 0.2))
+    (root / "params.yaml").write_text("{}\n")
+    path = root / "data" / "blobs" / "train.csv"
+    path.write_text(set_cell(5, 0, "1e39")(path.read_text()))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = run_module(
+        "nnlab.train", "experiment=blobs_linear", "trainer=cpu", cwd=root, NNLAB_ROOT=str(root), MLFLOW_TRACKING_URI=uri
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"nnlab.train: error: {path} line 5, column x1: 1e39 overflows float32, the type training reads the data "
+        f"as (largest 3.403e+38); the data is at fault: {BLOBS_FIX}"
+    )
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.status for r in runs] in ([], ["FAILED"])  # none left RUNNING
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+def test_a_float32_overflow_is_caught_whatever_the_loader(tmp_path):
+    """The data module checks what the model will read, in the dtype it reads it."""
+    from nnlab.data.tensors import TensorData
+
+    class Overflowing(TensorData):
+        def load(self):
+            x = np.ones((8, 2))
+            x[3, 1] = 1e39  # float64: finite
+            return {s: (x, np.arange(8) % 2) for s in ("train", "val", "test")}
+
+    data = Overflowing(str(tmp_path), input_shape=[2], num_classes=2)
+    with pytest.raises(DataError) as caught:
+        data.setup()
+    assert str(caught.value) == (
+        f"{tmp_path}: the train split holds values that are not finite as torch.float32 "
+        "(NaN, infinite, or too large for that type); the data is at fault, not the training"
+    )
+
+
 def test_blobs_label_changed_to_another_class_is_caught_by_the_counts(blobs_dir):
     path = blobs_dir / "train.csv"
     lines = path.read_text().split("\n")

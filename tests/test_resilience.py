@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,8 +39,8 @@ CNN = [
 
 def _runs(uri: str, name: str):
     client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name("nnlab")
-    return client, client.search_runs([experiment.experiment_id], f"attributes.run_name = '{name}'")
+    experiments = [e.experiment_id for e in client.search_experiments()]  # one per data set: nnlab-<data>
+    return client, client.search_runs(experiments, f"attributes.run_name = '{name}'")
 
 
 def _weights(path) -> dict:
@@ -105,12 +106,72 @@ def test_resume_without_an_unfinished_run_is_one_line(project):
     ]
 
 
+def test_resume_refuses_a_run_whose_process_is_still_alive(project, tmp_path):
+    import socket
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [
+        "experiment=blobs_linear",
+        "trainer=cpu",
+        "trainer.max_epochs=100000",
+        "trainer.enable_progress_bar=false",
+        "logger.mlflow.log_model=false",
+        "name=live",
+    ]
+    env = {"NNLAB_ROOT": str(project), "MLFLOW_TRACKING_URI": uri}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "nnlab.train", *args],
+        cwd=project,
+        env=venv_env(**env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 300
+        while not list(project.glob("logs/runs/live/*/models/last.ckpt")) and time.time() < deadline:
+            assert first.poll() is None, "the first training ended early"
+            time.sleep(0.05)
+        [folder] = [p.parents[1] for p in project.glob("logs/runs/live/*/models/last.ckpt")]
+        second = run_module("nnlab.train", *args, "resume=true", cwd=project, **env)
+        assert second.returncode == 2
+        assert second.stderr.strip().splitlines() == [
+            f"nnlab.train: error: config: resume: {folder} is still being trained by process {first.pid} "
+            f"on {socket.gethostname()}; wait for it to end (or stop it), then resume"
+        ]
+        assert first.poll() is None  # the live run goes on, alone in its run and its folder
+        client, [run] = _runs(uri, "live")
+        assert run.info.status == "RUNNING" and run.data.tags["nnlab.pid"] == str(first.pid)
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_a_checkpoint_writer_is_alive_only_while_that_very_process_runs(tmp_path):
+    """A pid alone is not a process: after it exits its pid can be given to another one, which a
+    different start time tells apart."""
+    from nnlab.models.checkpoint import PROCESS_KEY, live_writer, process_identity
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with open(f"/proc/{child.pid}/stat") as stat:
+            started = stat.read().rsplit(")", 1)[1].split()[19]
+        writer = {**process_identity(), "pid": child.pid, "started": started}
+        assert live_writer({PROCESS_KEY: writer}) == writer
+        assert live_writer({PROCESS_KEY: {**writer, "started": "1"}}) is None  # the pid was reused
+        assert live_writer({PROCESS_KEY: {**writer, "host": "elsewhere"}}) is None  # not this host's to judge
+        assert live_writer({}) is None  # written before processes were recorded
+    finally:
+        child.kill()
+        child.wait()
+    assert live_writer({PROCESS_KEY: writer}) is None
+
+
 def test_a_run_left_running_by_a_dead_process_is_marked_killed_by_the_next_run(compose, project, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     client = MlflowClient(tracking_uri=uri)
-    experiment = client.create_experiment("nnlab")
+    experiment = client.create_experiment("nnlab-blobs")
     import socket
 
     stale = client.create_run(
@@ -260,8 +321,10 @@ def test_an_ad_hoc_run_keeps_to_its_own_folder_and_evaluate_reads_it(project, tm
 
 
 def _train_blobs_for_evaluate(compose, tmp_path) -> str:
-    """Train blobs_linear for one epoch into models/ (not tested yet); the store's URI."""
+    """Train blobs_linear for one epoch into models/ (not tested yet), a stage of the project's
+    pipeline (its hints name train@blobs_linear); the store's URI."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (Path(os.environ["NNLAB_ROOT"]) / "params.yaml").write_text("experiments:\n  blobs_linear: {}\n")
     train(
         compose(
             "experiment=blobs_linear",
@@ -316,7 +379,7 @@ def test_eight_trainings_of_one_name_at_once_on_a_new_sqlite_store_keep_their_ow
     errors = [p.communicate(timeout=600)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 8, "\n".join(e[-1500:] for e in errors)
     client = MlflowClient(tracking_uri=uri)
-    runs = client.search_runs([client.get_experiment_by_name("nnlab").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("nnlab-blobs").experiment_id])
     assert len(runs) == 8 and {r.info.status for r in runs} == {"FINISHED"}
     assert sorted(r.data.params["seed"] for r in runs) == [str(i) for i in range(8)]
     folders = sorted((project / "logs" / "runs" / "same").iterdir())
@@ -347,7 +410,7 @@ def test_one_bad_job_does_not_stop_a_sweep(project, tmp_path):
     [line] = [line for line in proc.stderr.splitlines() if line.startswith("nnlab.train: error: job 0 (")]
     assert "optimizer.lr=-1 " in line and line.endswith("): config: optimizer.lr: must be > 0, got -1.0")
     client = MlflowClient(tracking_uri=uri)
-    runs = client.search_runs([client.get_experiment_by_name("nnlab").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("nnlab-blobs").experiment_id])
     jobs = {r.data.tags["sweep_job"]: r for r in runs if "sweep_job" in r.data.tags}
     assert jobs["0"].info.status == "FAILED"
     assert jobs["0"].data.tags["error"] == "config: optimizer.lr: must be > 0, got -1.0"
@@ -389,3 +452,116 @@ def test_evaluate_against_a_store_without_the_training_run_stops_before_scoring(
     evaluate.evaluate(compose("experiment=blobs_linear", f"logger.mlflow.tracking_uri={uri}"))
     assert MlflowClient(uri).get_run(run_id).data.metrics["test_acc"] == 1.0
     assert MlflowClient(other).search_runs([e.experiment_id for e in MlflowClient(other).search_experiments()]) == []
+
+
+def _capture_failure(task, cfg, capsys) -> tuple[int, list[str]]:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        task(cfg)
+    return exited.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_evaluate_given_the_run_folder_of_another_experiment_is_one_line(compose, project, tmp_path, capsys):
+    from nnlab import evaluate
+
+    train(compose("experiment=mnist_linear", "trainer.max_epochs=1", "test_after_fit=false", "logger=none"))
+    run_dir = tmp_path / "run"
+    (run_dir / "models").mkdir(parents=True)
+    best = run_dir / "models" / "best.ckpt"
+    best.write_bytes((project / "models" / "mnist_linear" / "best.ckpt").read_bytes())
+    code, lines = _capture_failure(
+        evaluate._task, compose("experiment=blobs_linear", f"run_dir={run_dir}", "logger=none"), capsys
+    )
+    assert code == 2
+    assert lines == [
+        f"nnlab.evaluate: error: {best} was trained by 'mnist_linear' on MNISTDataModule with inputs [1, 28, 28], "
+        "but 'blobs_linear' scores BlobsDataModule with inputs [2]: give the experiment it was trained with "
+        "(experiment=...)"
+    ]
+    assert not (run_dir / "metrics").exists()
+
+
+def test_a_retraining_hint_names_only_a_stage_that_exists(compose, project, tmp_path, capsys):
+    from nnlab import evaluate
+
+    (project / "params.yaml").write_text("experiments:\n  blobs_linear: {data: blobs, model: linear}\n")
+    missing = project / "models" / "blobs_linear" / "best.ckpt"
+    assert _capture_failure(evaluate._task, compose("experiment=blobs_linear", "logger=none"), capsys)[1] == [
+        f"nnlab.evaluate: error: no checkpoint at {missing} (train it first: dvc repro train@blobs_linear)"
+    ]
+    for overrides, models in (
+        (["name=adhoc"], project / "models" / "adhoc"),  # no stage trains it
+        ([f"run_dir={tmp_path / 'run'}"], tmp_path / "run" / "models"),  # a run folder: never train@models
+    ):
+        code, lines = _capture_failure(
+            evaluate._task, compose("experiment=blobs_linear", *overrides, "logger=none"), capsys
+        )
+        name = "adhoc" if "name=adhoc" in overrides else "blobs_linear"
+        assert code == 2 and lines == [
+            f"nnlab.evaluate: error: no checkpoint at {models / 'best.ckpt'} (train it first: "
+            f"python -m nnlab.train name={name} with the experiment and overrides it was trained with)"
+        ]
+
+
+def _trained_linear(compose, project) -> tuple:
+    train(compose("experiment=mnist_linear", "trainer.max_epochs=1", "test_after_fit=false", "logger=none"))
+    path = project / "models" / "mnist_linear" / "best.ckpt"
+    return path, torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_not_used_to_predict(compose, project, tmp_path):
+    from PIL import Image
+
+    path, state = _trained_linear(compose, project)
+    state["state_dict"]["net.net.1.weight"][3, 5] = float("nan")
+    broken = tmp_path / "nan.ckpt"
+    torch.save(state, broken)
+    Image.new("L", (28, 28), 255).save(tmp_path / "blank.png")
+    proc = run_module("nnlab.predict", "--model", str(broken), str(tmp_path / "blank.png"), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        f"nnlab.predict: error: {broken}: weights net.1.weight hold NaN or infinite values (the training that "
+        "wrote it diverged): refusing to use it"
+    ]
+
+
+def test_a_model_that_returns_nan_logits_is_refused():
+    import numpy as np
+
+    from nnlab.predict import ModelError, logits_of
+
+    with pytest.raises(ModelError) as error:
+        logits_of(lambda x: np.full((len(x), 10), np.nan), np.zeros((2, 1, 28, 28), np.float32))
+    assert (
+        str(error.value) == "the model returned NaN or infinite logits: its weights are broken (a diverged training?)"
+    )
+
+
+def test_checkpoint_load_errors_are_whole_lines(compose, project, tmp_path):
+    """torch's "Error(s) in loading state_dict for MLP:" stops at a colon; a KeyError is a bare
+    "'state_dict'": both say what is wrong instead."""
+    from nnlab.models.checkpoint import load_network
+
+    _, state = _trained_linear(compose, project)
+    cases = {
+        "no-weights": (
+            {k: v for k, v in state.items() if k != "state_dict"},
+            "holds no network weights (no state_dict of named tensors inside)",
+        ),
+        "shape": (
+            {**state, "state_dict": {**state["state_dict"], "net.net.1.weight": torch.zeros(10, 5)}},
+            ": its weights do not fit the network its saved config describes (size mismatch: net.1.weight is "
+            "[10, 5], the network needs [10, 784])",
+        ),
+        "keys": (
+            {**state, "state_dict": {"net.other.weight": torch.zeros(1)}},
+            ": its weights do not fit the network its saved config describes (missing net.1.bias, net.1.weight; "
+            "unexpected other.weight)",
+        ),
+    }
+    for name, (contents, reason) in cases.items():
+        path = tmp_path / f"{name}.ckpt"
+        torch.save(contents, path)
+        with pytest.raises(ValueError) as error:
+            load_network(path)
+        assert str(error.value) == f"{path}{'' if reason.startswith(':') else ' '}{reason}", name

@@ -175,3 +175,91 @@ def test_a_file_that_is_not_an_nnlab_checkpoint_is_one_plain_reason(tmp_path, wr
     with pytest.raises(ModelError) as error:
         load_model(str(path))
     assert str(error.value) == f"{path} {reason}"
+
+
+def _nested_secret_configs() -> dict[str, dict]:
+    """Saved configs with ``${oc.env:NNLAB_TEST_SECRET}`` deep inside values a loader reads."""
+    mlp = {"_target_": "nnlab.models.networks.MLP", "input_shape": [1, 28, 28], "num_classes": 10}
+    linear = {"_target_": "nnlab.models.networks.LinearClassifier", "input_shape": [1, 28, 28], "num_classes": 10}
+    data = {"input_shape": [1, 28, 28], "mean": 0.1307, "std": 0.3081}
+    secret = "${oc.env:NNLAB_TEST_SECRET}"
+    return {
+        "model.hidden_sizes[0]": {"model": {**mlp, "hidden_sizes": [secret]}, "data": data},
+        "data.mean": {"model": linear, "data": {**data, "mean": secret}},
+        "data.input_shape[0]": {"model": linear, "data": {**data, "input_shape": [secret, 28, 28]}},
+        "data.extra.deep[1].x": {"model": linear, "data": {**data, "extra": {"deep": [1, {"x": secret}]}}},
+    }
+
+
+@pytest.mark.parametrize("key", list(_nested_secret_configs()))
+def test_no_interpolation_in_a_saved_config_is_resolved_at_any_depth(tmp_path, monkeypatch, key):
+    from nnlab.predict import ModelError, load_model
+
+    monkeypatch.setenv("NNLAB_TEST_SECRET", "hunter2-secret")
+    path = tmp_path / "crafted.ckpt"
+    torch.save({"state_dict": {}, "nnlab_config": _nested_secret_configs()[key]}, path)
+    with pytest.raises(ModelError) as error:
+        load_model(str(path))
+    assert str(error.value) == (
+        f"{path}: refusing its saved config: {key}: interpolations (${{...}}) are not allowed in a saved config"
+    )
+
+
+def test_predict_prints_no_environment_variable_from_a_crafted_checkpoint(tmp_path):
+    path = tmp_path / "crafted.ckpt"
+    torch.save({"state_dict": {}, "nnlab_config": _nested_secret_configs()["data.mean"]}, path)
+    proc = run_module(
+        "nnlab.predict",
+        "--model",
+        str(path),
+        str(_digit(tmp_path / "d.png")),
+        cwd=tmp_path,
+        timeout=120,
+        NNLAB_TEST_SECRET="hunter2-secret",
+    )
+    assert proc.returncode == 2
+    assert "hunter2" not in proc.stderr + proc.stdout
+    assert proc.stderr.strip().splitlines() == [
+        f"nnlab.predict: error: {path}: refusing its saved config: data.mean: "
+        "interpolations (${...}) are not allowed in a saved config"
+    ]
+
+
+def _pyfunc_folder(folder: Path, marker: Path) -> Path:
+    """An MLflow model folder whose loading runs code (a python_function model with a loader
+    module of its own that writes ``marker``)."""
+    code = folder / "code"
+    code.mkdir(parents=True)
+    (code / "crafted_loader.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('pwned')\n"
+        "def _load_pyfunc(path):\n    raise SystemExit('loaded')\n"
+    )
+    (folder / "MLmodel").write_text(
+        "flavors:\n  python_function:\n    loader_module: crafted_loader\n    code: code\n    python_version: 3.11.0\n"
+    )
+    return folder
+
+
+@pytest.mark.parametrize("as_uri", [False, True], ids=["folder", "file-uri"])
+def test_predict_loads_no_mlflow_model_folder_unless_asked(tmp_path, as_uri):
+    marker = tmp_path / "pwned.txt"
+    folder = _pyfunc_folder(tmp_path / "model", marker)
+    spec = folder.as_uri() if as_uri else str(folder)
+    image = str(_digit(tmp_path / "d.png"))
+    proc = run_module("nnlab.predict", "--model", spec, image, cwd=tmp_path, timeout=120)
+    assert not marker.exists()
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"nnlab.predict: error: {spec} is an MLflow model folder: loading it runs the code it holds (pickles); "
+        "pass --trust-model-code if you trust its author, or give an nnlab checkpoint (.ckpt, data only)"
+    ]
+    trusted = run_module("nnlab.predict", "--model", spec, "--trust-model-code", image, cwd=tmp_path, timeout=120)
+    assert marker.exists(), trusted.stderr  # asked for explicitly: MLflow ran the folder's code
+
+
+def test_predict_help_says_which_model_sources_are_code():
+    proc = run_module("nnlab.predict", "--help", cwd=Path.cwd(), timeout=60)
+    text = " ".join(proc.stdout.split())
+    assert "an nnlab .ckpt (data only: nothing in it runs)" in text
+    assert "an MLflow model, which is code that runs when it loads" in text
+    assert "--trust-model-code" in text

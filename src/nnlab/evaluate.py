@@ -10,9 +10,9 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from nnlab.config.compose import hydra_main
-from nnlab.config.errors import TrackingError, fail, first_line
-from nnlab.config.paths import Outputs, register_resolvers
-from nnlab.config.schema import ConfigError, validate
+from nnlab.config.paths import Outputs, register_resolvers, retrain_command
+from nnlab.config.schema import validate
+from nnlab.errors import CheckpointError, NnlabError, fail, report
 from nnlab.report.tables import console
 
 PROG = "nnlab.evaluate"
@@ -30,7 +30,8 @@ def evaluate(cfg: DictConfig) -> dict:
     out = Outputs.in_folder(Path(cfg.run_dir)) if cfg.run_dir else Outputs.canonical(cfg.paths, cfg.name)
     best = out.models / "best.ckpt"
     checkpoint = read_checkpoint(best)  # once: the network and its run id
-    net, _ = network_from(checkpoint, best)
+    net, saved = network_from(checkpoint, best)
+    check_same_data(saved, cfg, best)
     record = None
     if cfg.logger.get("mlflow"):  # MLflow is imported only when tracking
         from nnlab.tracking import record
@@ -48,17 +49,31 @@ def evaluate(cfg: DictConfig) -> dict:
     return metrics
 
 
+def _data_of(cfg: DictConfig) -> tuple[str, list]:
+    data = cfg.get("data") or {}
+    return str(data.get("_target_", "?")).rsplit(".", 1)[-1], list(data.get("input_shape") or [])
+
+
+def check_same_data(saved: DictConfig, cfg: DictConfig, best: Path) -> None:
+    """The checkpoint must have been trained on the data this config scores it on: the run folder
+    of another experiment would fail deep in a matrix product."""
+    if _data_of(saved) == _data_of(cfg) and saved.get("data", {}).get("num_classes") == cfg.data.num_classes:
+        return
+    (kind, shape), (want_kind, want_shape) = _data_of(saved), _data_of(cfg)
+    raise CheckpointError(
+        f"{best} was trained by {saved.get('name')!r} on {kind} with inputs {shape}, but {cfg.name!r} scores "
+        f"{want_kind} with inputs {want_shape}: give the experiment it was trained with (experiment=...)"
+    )
+
+
 def _task(cfg: DictConfig) -> None:
     try:
         evaluate(cfg)
-    except ConfigError as exc:
-        fail(PROG, f"config: {exc}")
     except FileNotFoundError as exc:
-        fail(PROG, f"{exc} (train it first: dvc repro train@{cfg.name})")
-    except ValueError as exc:  # a checkpoint nnlab did not write or refuses, data that is wrong
-        fail(PROG, first_line(exc))
-    except TrackingError as exc:  # the store is down, or lacks the run that trained the checkpoint
-        fail(PROG, str(exc), code=1)
+        models_dir = Path(cfg.run_dir) / "models" if cfg.run_dir else Path(cfg.paths.models_dir) / cfg.name
+        fail(PROG, f"{exc} (train it first: {retrain_command(models_dir, cfg.name, force=False)})")
+    except NnlabError as exc:  # a bad config, checkpoint or data; a tracking store that cannot be used
+        report(PROG, exc)
 
 
 def main() -> None:

@@ -3,6 +3,11 @@
 MODEL is a checkpoint written by nnlab (``models/<name>/best.ckpt``) or an MLflow model URI
 (``runs:/<run_id>/model``, ``models:/<name>@<alias>``). Each image is preprocessed like MNIST
 (see nnlab.data.images). Exit status: 0 all classified, 1 some file failed, 2 bad model or usage.
+
+Trust: an nnlab checkpoint is data only (tensors and a checked config; nothing in it is imported
+or run). An MLflow model is code: loading it unpickles and runs what its folder holds. Models of
+the tracking store (runs:/, models:/) are loaded as such; any other MLflow model (a local folder,
+file://, another scheme) only with --trust-model-code.
 """
 
 from __future__ import annotations
@@ -14,26 +19,33 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 
-from nnlab.config.errors import first_line
 from nnlab.data.images import ImageError, load_digit
+from nnlab.errors import NnlabError, first_line
 from nnlab.models.activations import softmax
 
 PROG = "nnlab.predict"
 INPUT_SHAPE = (1, 28, 28)
-MLFLOW_SCHEMES = ("runs:/", "models:/")
+MLFLOW_SCHEMES = ("runs:/", "models:/")  # the tracking store's models: trusted as its code
 
 Predictor = Callable[[np.ndarray], np.ndarray]  # float32 (n, 1, 28, 28) in [0, 1] -> logits (n, k)
 
 
-class ModelError(RuntimeError):
+class ModelError(NnlabError, RuntimeError):
     """A model that cannot be loaded or does not take 28×28 images."""
 
 
 def is_mlflow_uri(spec: str) -> bool:
     return spec.startswith(MLFLOW_SCHEMES) or "://" in spec
+
+
+def needs_trust(spec: str) -> bool:
+    """Whether loading ``spec`` would run code that is not the tracking store's: an MLflow model
+    folder given by path or by a URI other than runs:/ and models:/."""
+    return not spec.startswith(MLFLOW_SCHEMES) and ("://" in spec or Path(spec).is_dir())
 
 
 def _from_checkpoint(path: str) -> Predictor:
@@ -76,13 +88,12 @@ def _from_mlflow(uri: str) -> Predictor:
 
     from nnlab.config.paths import find_root
     from nnlab.tracking.run import check_reachable, resolve_tracking_uri
-    from nnlab.tracking.served_model import requirement_check_without_scan
 
     tracking_uri = resolve_tracking_uri(None, find_root())
     check_reachable(tracking_uri)  # a server that is down: one line now, not minutes of retries
     mlflow.set_tracking_uri(tracking_uri)
-    with _quiet_mlflow(), requirement_check_without_scan():
-        model = mlflow.pyfunc.load_model(uri)
+    with _quiet_mlflow():  # suppress_warnings: no check of the model's requirements (a scan of every package)
+        model = mlflow.pyfunc.load_model(uri, suppress_warnings=True)
     _check_schema(uri, model.metadata.get_input_schema())
 
     def predict(x: np.ndarray) -> np.ndarray:
@@ -100,9 +111,17 @@ def _check_schema(uri: str, schema) -> None:
         raise ModelError(f"{uri} takes inputs of shape {list(shape)}, not [n, height, width] images")
 
 
-def load_model(spec: str) -> Predictor:
-    """A function from images to logits, or ModelError with a one-line reason."""
+def load_model(spec: str, trust_code: bool = False) -> Predictor:
+    """A function from images to logits, or ModelError with a one-line reason. An MLflow model
+    outside the tracking store (a folder, file://) runs its own code: only with ``trust_code``."""
+    if needs_trust(spec) and not trust_code:
+        raise ModelError(
+            f"{spec} is an MLflow model folder: loading it runs the code it holds (pickles); "
+            "pass --trust-model-code if you trust its author, or give an nnlab checkpoint (.ckpt, data only)"
+        )
     try:
+        if needs_trust(spec) and "://" not in spec:
+            spec = Path(spec).resolve().as_uri()
         return _from_mlflow(spec) if is_mlflow_uri(spec) else _from_checkpoint(spec)
     except ModelError:
         raise
@@ -118,6 +137,8 @@ def _call(predict: Predictor, batch: np.ndarray) -> np.ndarray:
         raise ModelError(f"the model failed on {list(batch.shape)} images: {first_line(exc)}") from exc
     if logits.ndim != 2 or len(logits) != len(batch):
         raise ModelError(f"the model returned shape {list(logits.shape)}, not ({len(batch)}, classes) logits")
+    if not np.isfinite(logits).all():  # softmax of NaN: label 0 with probability "nan"
+        raise ModelError("the model returned NaN or infinite logits: its weights are broken (a diverged training?)")
     return logits
 
 
@@ -185,7 +206,16 @@ def _positive(text: str) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--model", required=True, help="an nnlab .ckpt, or an MLflow URI: runs:/<id>/model, models:/<name>@<alias>"
+        "--model",
+        required=True,
+        help="an nnlab .ckpt (data only: nothing in it runs), or an MLflow model, which is code that "
+        "runs when it loads: runs:/<id>/model or models:/<name>@<alias> from the tracking store, "
+        "a local folder or file:// URI only with --trust-model-code",
+    )
+    parser.add_argument(
+        "--trust-model-code",
+        action="store_true",
+        help="allow --model to be an MLflow model folder (or file:// URI): loading it runs its code",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of one line per file")
     parser.add_argument("--top", type=_positive, default=3, help="how many classes to list (default 3)")
@@ -198,7 +228,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        predict = load_model(args.model)
+        predict = load_model(args.model, args.trust_model_code)
         results = classify(predict, args.images, args.top, args.max_bytes, args.max_pixels)
     except ModelError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

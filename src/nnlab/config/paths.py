@@ -141,3 +141,18 @@ def replace_dir(new: str | Path, target: str | Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
         else:
             old.unlink(missing_ok=True)
+
+
+def retrain_command(models_dir: str | Path, name: str, force: bool = True) -> str:
+    """The command that writes ``models_dir`` again: the DVC stage when it is the canonical folder
+    of an experiment params.yaml lists (``train@<name>``), else a training of that name (a run
+    folder, or a name no stage has: a hint must never name a stage that does not exist)."""
+    import yaml
+
+    try:
+        listed = (yaml.safe_load((find_root() / "params.yaml").read_text()) or {}).get("experiments") or {}
+    except (OSError, ValueError, AttributeError):
+        listed = {}
+    if Path(models_dir).name == name and name in listed:
+        return f"dvc repro {'-f ' if force else ''}train@{name}"
+    return f"python -m nnlab.train name={name} with the experiment and overrides it was trained with"

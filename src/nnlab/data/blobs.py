@@ -15,6 +15,7 @@ from nnlab.data.idx import DataError, read_bytes
 from nnlab.data.integrity import BLOBS_REPAIR
 
 REPAIR = BLOBS_REPAIR  # what to run when data/blobs is bad
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # training reads the points as float32
 
 
 def make(n_samples: int, centers: int, n_features: int, random_state: int, test_size: float) -> dict:
@@ -98,6 +99,11 @@ def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             if not math.isfinite(value):
                 raise DataError(f"{path} line {number}, column {name}: {cell.strip()} is not a finite number; {REPAIR}")
             if col < n_features:
+                if abs(value) > FLOAT32_MAX:  # finite as float64, inf once training reads it
+                    raise DataError(
+                        f"{path} line {number}, column {name}: {cell.strip()} overflows float32, the type "
+                        f"training reads the data as (largest {FLOAT32_MAX:.4g}); the data is at fault: {REPAIR}"
+                    )
                 x[row, col] = value
             elif value != int(value) or not cell.strip().lstrip("+-").isdigit():
                 raise DataError(f"{path} line {number}, column label: {cell.strip()} is not an integer class; {REPAIR}")
@@ -161,6 +167,24 @@ def _check_scaler(path: Path, n_features: int) -> None:
         raise DataError(f"{path}: mean and scale must be finite and scale > 0; {REPAIR}")
 
 
+def _check_standardised(tables: dict[str, tuple[Path, np.ndarray, np.ndarray, np.ndarray]]) -> None:
+    """prepare_blobs writes the points standardised (mean 0, standard deviation 1 over train + val).
+    No standardised value of n points lies farther than sqrt(n - 1) from 0 (Samuelson's
+    inequality), so one that does was changed after preparing: it would train to an enormous
+    loss and be reported as a success (1e30: loss 1.6e27), or overflow (1e39) and look like a
+    learning rate that is too high."""
+    n = sum(len(x) for _, x, _, _ in tables.values())
+    bound = math.sqrt(max(n - 1, 1)) * (1 + 1e-6)
+    for path, x, _, line_numbers in tables.values():
+        far = np.argwhere(np.abs(x.astype(np.float64)) > bound)
+        if far.size:
+            row, col = far[0]
+            raise DataError(
+                f"{path} line {line_numbers[row]}, column x{col + 1}: {float(x[row, col]):.6g} is not a "
+                f"standardised value (|x| <= sqrt({n} - 1) = {bound:.4g} for {n} points); the data is at fault: {REPAIR}"
+            )
+
+
 def load(data_dir: Path, check_labels: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(points float32, labels) for train and val; the validation split is also the test split.
 
@@ -184,6 +208,7 @@ def load(data_dir: Path, check_labels: bool = True) -> dict[str, tuple[np.ndarra
         )
     if (data_dir / "scaler.json").exists():
         _check_scaler(data_dir / "scaler.json", n_features)
+    _check_standardised(tables)
     if check_labels:
         _check_labels({split: (path, y, lines) for split, (path, _, y, lines) in tables.items()})
     out = {split: (x, y) for split, (_, x, y, _) in tables.items()}

@@ -209,6 +209,12 @@ class TensorData:
         self.raw_test_inputs = data["test"][0]
         for split, (x, y) in data.items():
             inputs = self.to_inputs(x).reshape(-1, *self.input_shape)
+            if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
+                # values a loader read as float64 can overflow the float32 the model takes
+                raise DataError(
+                    f"{self.data_dir}: the {split} split holds values that are not finite as {inputs.dtype} "
+                    "(NaN, infinite, or too large for that type); the data is at fault, not the training"
+                )
             self.splits[split] = (inputs, torch.from_numpy(np.asarray(y, dtype=np.int64)))
 
     def on_device(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig
 
 from nnlab.config.errors import TrackingError
-from nnlab.config.paths import Outputs, portable
+from nnlab.config.paths import Outputs, portable, retrain_command
 from nnlab.data.integrity import data_hash
 from nnlab.report.tables import read_json, write_json
 from nnlab.tracking.trial import run_name, sweep_tags
@@ -241,7 +241,7 @@ def evaluation_run(cfg: DictConfig, models_dir: Path, checkpoint_run_id: str | N
     before anything is scored, so that a stale checkpoint, a store that is down or one without that
     run stops the stage with one line and nothing written. None when the checkpoint names no run
     (trained with logger=none)."""
-    run_id = evaluation_run_id(models_dir, checkpoint_run_id)
+    run_id = evaluation_run_id(models_dir, checkpoint_run_id, cfg.name)
     if not run_id:
         return None
     from nnlab.tracking.run import RunNotFound, existing_run
@@ -252,19 +252,19 @@ def evaluation_run(cfg: DictConfig, models_dir: Path, checkpoint_run_id: str | N
         raise TrackingError(
             f"{models_dir / 'best.ckpt'} was trained in MLflow run {run_id}, which tracking store "
             f"{exc.uri} does not hold: use the store that has it (MLFLOW_TRACKING_URI or "
-            f"logger.mlflow.tracking_uri), train it again (dvc repro -f train@{models_dir.name}) "
+            f"logger.mlflow.tracking_uri), train it again ({retrain_command(models_dir, cfg.name)}) "
             "or score without recording (logger=none)"
         ) from None
 
 
-def evaluation_run_id(models_dir: Path, checkpoint_run_id: str | None) -> str | None:
+def evaluation_run_id(models_dir: Path, checkpoint_run_id: str | None, name: str) -> str | None:
     """The MLflow run that trained models_dir/best.ckpt: the id inside it, which run.json (when
     present) must name too; a mismatch means one of them is stale (a crashed re-run)."""
     recorded = read_json(models_dir / "run.json").get("mlflow_run_id") if (models_dir / "run.json").is_file() else None
     if checkpoint_run_id and recorded and checkpoint_run_id != recorded:
         raise ValueError(
             f"{models_dir}: best.ckpt was trained in MLflow run {checkpoint_run_id} but run.json names "
-            f"run {recorded}; one of them is stale: train it again (dvc repro -f train@{models_dir.name})"
+            f"run {recorded}; one of them is stale: train it again ({retrain_command(models_dir, name)})"
         )
     return checkpoint_run_id or recorded
 

@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig
 from torch import nn
 
-from nnlab.models.checkpoint import CONFIG_KEY, RUN_ID_KEY
+from nnlab.models.checkpoint import CONFIG_KEY, PROCESS_KEY, RUN_ID_KEY, process_identity
 from nnlab.models.module import Classifier
 from nnlab.models.networks import count_parameters
 from nnlab.models.summary import format_summary, summarize
@@ -61,6 +61,7 @@ class RunStateInCheckpoint(L.Callback):
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         checkpoint[CONFIG_KEY] = self.config
         checkpoint[RUN_ID_KEY] = self.run_id
+        checkpoint[PROCESS_KEY] = process_identity()  # a resume=true refuses a writer still alive
         checkpoint["nnlab_rng"] = rng_state()
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint):
