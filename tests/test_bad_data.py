@@ -18,7 +18,6 @@ from helpers import REPO
 
 TRAIN_IMAGES, TRAIN_LABELS = FILES["train_images"], FILES["train_labels"]
 MNIST_FIX = "run `dvc checkout data/mnist` or `dvc repro -f prepare_mnist`"
-IDX_FIX = "re-create it with `dvc repro prepare_mnist` (or `dvc checkout data/mnist`)"
 BLOBS_FIX = "run `dvc repro prepare_blobs`"
 
 
@@ -72,7 +71,7 @@ def test_data_error_is_always_one_line():
 def test_bad_idx_file_names_file_and_remedy(mnist_dir, damage, what):
     path = mnist_dir / "raw" / TRAIN_IMAGES
     path.write_bytes(damage(path.read_bytes()))
-    expected = f"{path}: {what}; {IDX_FIX}"
+    expected = f"{path}: {what}; {MNIST_FIX}"
     assert error_of(mnist.load, mnist_dir) == expected
     assert error_of(idx.read, path) == expected
 
@@ -206,7 +205,7 @@ def test_bad_split_file(mnist_dir, damage, what):
     path = mnist_dir / "split.npz"
     damage(path)
     message = error_of(mnist.load, mnist_dir)
-    assert message == f"{path}: {what}; run `dvc repro prepare_mnist`"
+    assert message == f"{path}: {what}; {MNIST_FIX}"
     assert "train it" not in message
 
 

@@ -565,3 +565,75 @@ def test_checkpoint_load_errors_are_whole_lines(compose, project, tmp_path):
         with pytest.raises(ValueError) as error:
             load_network(path)
         assert str(error.value) == f"{path}{'' if reason.startswith(':') else ' '}{reason}", name
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["experiment=blobs_linear", "trainer=gpu"],
+            "trainer.accelerator: gpu needs a CUDA GPU and torch finds none on this machine; "
+            "use trainer=auto (the best device present) or trainer=cpu",
+        ),
+        (
+            ["data=blobs", "model=numpy_mlp", "optimizer=sgd", "trainer=ddp"],
+            "trainer.strategy: the NumPy network (model=numpy_mlp) trains in one process on one device: "
+            "use trainer=cpu, got 'ddp'",
+        ),
+    ],
+    ids=["gpu-absent", "ddp-numpy"],
+)
+def test_a_choice_that_would_not_run_as_recorded_is_refused_in_one_line(project, tmp_path, overrides, message):
+    """trainer=gpu without a GPU was Hydra's five lines; ddp with the NumPy network trained the
+    NumPy network alone while MLflow recorded DDP. CUDA_VISIBLE_DEVICES='' hides any GPU."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = run_module(
+        "nnlab.train", *overrides, cwd=project, timeout=120, MLFLOW_TRACKING_URI=uri, CUDA_VISIBLE_DEVICES=""
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"nnlab.train: error: config: {message}"]
+    assert not (tmp_path / "mlflow.db").exists() and not list(project.glob("logs/runs/*/*/models"))  # nothing ran
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["experiment=blobs_linear", "trainer.precision=16-mixed"],
+            "trainer.precision: 16-mixed needs a GPU (on the CPU Lightning would train in bf16-mixed while the "
+            "run records 16-mixed); use 32-true, bf16-mixed or auto",
+        ),
+        (
+            ["data=blobs", "model=numpy_mlp"],  # train.yaml's optimizer: adam
+            "optimizer: the NumPy network (model=numpy_mlp) trains by plain SGD: use optimizer=sgd with momentum 0 "
+            "and weight_decay 0, got 'Adam'",
+        ),
+        (
+            ["data=blobs", "model=numpy_mlp", "optimizer=sgd", "scheduler=cosine"],
+            "scheduler: the NumPy network (model=numpy_mlp) keeps optimizer.lr constant: use scheduler=none, "
+            "got 'CosineAnnealingLR'",
+        ),
+    ],
+    ids=["fp16-on-cpu", "adam-numpy", "schedule-numpy"],
+)
+def test_what_a_run_records_is_what_it_would_run(compose, overrides, message):
+    from nnlab.config.schema import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        train(compose(*overrides, "logger=none"))
+    assert str(refused.value) == message
+
+
+def test_the_numpy_network_records_the_precision_it_computes_in(compose, project):
+    train(
+        compose(
+            "data=blobs",
+            "model=numpy_mlp",
+            "optimizer=sgd",
+            "trainer.precision=auto",
+            "trainer.max_epochs=1",
+            "logger=none",
+            "name=np",
+        )
+    )
+    assert yaml.safe_load((project / "models" / "np" / "config.yaml").read_text())["trainer"]["precision"] == "32-true"

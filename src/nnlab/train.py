@@ -94,6 +94,10 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     prepare_training_process()  # no page faults and no CUDA probing per step (the values are unchanged)
     register_resolvers()  # ${nnlab_root:} also in a launcher's worker process
     validate(cfg)
+    from nnlab.training.numpy_loop import refuse_unused_choices
+
+    refuse_unused_choices(cfg)  # the NumPy network's run records only what it uses
+    precision.check_device(cfg.trainer)  # a GPU that is absent, fp16 that the CPU would train in bf16
     precision.resolve(cfg.trainer)  # `auto`: what it means on this machine, recorded as such
     if cfg.logger.get("mlflow"):  # credentials go to the environment, never into a file
         cfg.logger.mlflow.tracking_uri = strip_credentials(cfg.logger.mlflow.tracking_uri)

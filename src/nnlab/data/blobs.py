@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from nnlab.config.paths import replace_dir
+from nnlab.config.schema import is_int
 from nnlab.data.idx import DataError, read_bytes
-from nnlab.data.integrity import BLOBS_REPAIR
+from nnlab.errors import BLOBS_REPAIR
 
 REPAIR = BLOBS_REPAIR  # what to run when data/blobs is bad
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # training reads the points as float32
@@ -222,10 +223,6 @@ def load(data_dir: Path, check_labels: bool = True) -> dict[str, tuple[np.ndarra
 PARAM_KEYS = ("n_samples", "centers", "n_features", "random_state", "test_size")
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
 def check_params(params: dict) -> dict:
     """The ``blobs:`` section of params.yaml, checked (all five keys required, no others);
     returns it with plain int/float values. One-line DataError otherwise."""
@@ -243,13 +240,13 @@ def check_params(params: dict) -> dict:
             raise DataError(f"params.yaml blobs.{key}: missing")
     centers, n_features = params["centers"], params["n_features"]
     n_samples, random_state, test_size = params["n_samples"], params["random_state"], params["test_size"]
-    if not _is_int(centers) or centers < 2:
+    if not is_int(centers) or centers < 2:
         raise error("centers", "an integer >= 2", centers)
-    if not _is_int(n_features) or n_features < 1:
+    if not is_int(n_features) or n_features < 1:
         raise error("n_features", "an integer >= 1", n_features)
-    if not _is_int(n_samples) or n_samples < 2 * centers:
+    if not is_int(n_samples) or n_samples < 2 * centers:
         raise error("n_samples", f"an integer >= 2 * blobs.centers = {2 * centers}", n_samples)
-    if not _is_int(random_state) or not 0 <= random_state <= 2**32 - 1:
+    if not is_int(random_state) or not 0 <= random_state <= 2**32 - 1:
         raise error("random_state", "an integer in 0..4294967295", random_state)
     is_number = isinstance(test_size, (int, float, np.integer, np.floating)) and not isinstance(
         test_size, (bool, np.bool_)

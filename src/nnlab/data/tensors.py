@@ -17,12 +17,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from nnlab.config.schema import is_int
 from nnlab.data import blobs, mnist
 from nnlab.data.idx import DataError
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def random_shift(x: torch.Tensor, max_shift: int, fill: float, gen: torch.Generator) -> torch.Tensor:
@@ -175,7 +172,7 @@ class TensorData:
         hi = max((int(y.max()) for y in labels), default=0)
         needed = max(hi + 1, 2)
         n = self.num_classes
-        if not _is_int(n) or n < 2:
+        if not is_int(n) or n < 2:
             raise DataError(
                 f"data.num_classes: must be an integer >= 2, got {n!r}; "
                 f"the data in {where} needs data.num_classes={needed}"
@@ -189,7 +186,7 @@ class TensorData:
         per_sample = math.prod(x.shape[1:])
         want = self.needed_input_shape(x)
         shape = list(self.input_shape)
-        if not shape or not all(_is_int(d) and d > 0 for d in shape):
+        if not shape or not all(is_int(d) and d > 0 for d in shape):
             raise DataError(
                 f"data.input_shape: must be a list of positive integers, got {shape}; "
                 f"the data in {where} needs data.input_shape={want}"

@@ -29,6 +29,35 @@ class NumpyAsTorch(nn.Module):
         return torch.from_numpy(np.log(np.clip(probs, 1e-12, None))).float()
 
 
+def refuse_unused_choices(cfg: DictConfig) -> None:
+    """The NumPy network trains by plain SGD in this one process on the CPU, in float32 or float64:
+    a choice it would ignore (DDP, Adam, a schedule, mixed precision) is refused in one line,
+    since the run would record it as if it had been used. ``precision: auto`` becomes 32-true."""
+    if cfg.model._target_ != TARGET:
+        return
+    from nnlab.config.schema import ConfigError
+
+    def refuse(key: str, value, allowed: str) -> ConfigError:
+        return ConfigError(f"{key}: the NumPy network (model=numpy_mlp) {allowed}, got {value!r}")
+
+    trainer, optimizer = cfg.trainer, cfg.optimizer
+    for key, allowed in (("strategy", ("auto", None)), ("devices", (1, "1")), ("num_nodes", (1,))):
+        if trainer[key] not in allowed:
+            raise refuse(f"trainer.{key}", trainer[key], "trains in one process on one device: use trainer=cpu")
+    if trainer.accelerator not in ("auto", "cpu"):
+        raise refuse("trainer.accelerator", trainer.accelerator, "trains on the CPU: use trainer=cpu")
+    if optimizer._target_ != "torch.optim.SGD" or optimizer.get("momentum") or optimizer.get("weight_decay"):
+        name = optimizer._target_.rsplit(".", 1)[-1]
+        raise refuse("optimizer", name, "trains by plain SGD: use optimizer=sgd with momentum 0 and weight_decay 0")
+    if cfg.get("scheduler"):
+        scheduler = cfg.scheduler._target_.rsplit(".", 1)[-1]
+        raise refuse("scheduler", scheduler, "keeps optimizer.lr constant: use scheduler=none")
+    if trainer.precision == "auto":
+        trainer.precision = "32-true"
+    elif trainer.precision not in ("32-true", "32", 32):
+        raise refuse("trainer.precision", trainer.precision, "computes in full precision: use 32-true")
+
+
 def _score(mlp: NumpyMLP, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     probs = mlp.predict_proba(x)
     return mlp.loss(probs, y), float((probs.argmax(1) == y).mean())

@@ -46,6 +46,33 @@ def native_bf16(device: str) -> bool:
     return False  # MPS: bf16 is not faster there than float32
 
 
+FP16_MIXED = ("16-mixed", "16", 16)  # Lightning trains these in bf16-mixed on the CPU, with a warning
+
+
+def check_device(trainer: DictConfig) -> str:
+    """The device ``trainer`` trains on, refused in one line when this machine lacks it (Lightning
+    and Hydra would say it in five) or when Lightning would silently train in another precision
+    than the one the run records. Returns the device type."""
+    import torch
+
+    from nnlab.config.schema import ConfigError
+
+    device = device_type(trainer.accelerator)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator: {trainer.accelerator} needs a CUDA GPU and torch finds none on this machine; "
+            "use trainer=auto (the best device present) or trainer=cpu"
+        )
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.accelerator: mps needs Apple's Metal GPU, absent here; use trainer=auto or cpu")
+    if device == "cpu" and trainer.precision in FP16_MIXED:
+        raise ConfigError(
+            f"trainer.precision: {trainer.precision} needs a GPU (on the CPU Lightning would train in bf16-mixed "
+            "while the run records 16-mixed); use 32-true, bf16-mixed or auto"
+        )
+    return device
+
+
 def resolve(trainer: DictConfig) -> str:
     """Replace ``precision: auto`` in the trainer config by the precision it means here; returns
     the precision the run uses."""
