@@ -162,13 +162,15 @@ def _commands() -> list[tuple[str, str, list[str]]]:
 
 def _first_values(args: list[str]) -> list[str]:
     """A command's overrides as one job's: Hydra's flags dropped (and their values), the first
-    value of each comma list, and an override whose value is a placeholder left out."""
+    value of each comma list; a placeholder or a search space entry left out."""
     out = []
     for before, arg in zip(["", *args], args):
         if arg.startswith("-") or before in HYDRA_FLAGS_WITH_VALUE or PLACEHOLDER in arg:
             continue
         key, eq, value = arg.partition("=")
-        if eq and not re.match(r"\w+\(", value) and "[" not in value:
+        if re.match(r"(choice|interval|range|tag|glob)\(", value):
+            continue  # a search space entry: the sweeper reads it, composition cannot
+        if eq and "[" not in value:
             value = value.split(",")[0]
         out.append(f"{key}{eq}{value}")
     return out
