@@ -7,7 +7,7 @@ STORE := sqlite:///$(CURDIR)/mlflow.db
 export PATH := $(BIN):$(PATH)
 
 .PHONY: install install-dev install-team repro reference test test-slow lint format ui server bench clean \
-	services-up services-down services-status serve optuna-dashboard
+	services-up services-down services-status serve optuna-dashboard screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,11 +57,23 @@ format: install-dev
 	ruff check --fix src tests
 	ruff format src tests
 
+# The MLflow UI over the project's store for one person: one light process (one worker, no job
+# runner for MLflow's GenAI jobs). It prints each experiment's runs table: MLflow 3's UI
+# otherwise opens an experiment on its GenAI overview (docs/tracking.md).
+UI_OPTIONS := --host 127.0.0.1 --port $(PORT) --workers 1
 ui: install
-	mlflow ui --backend-store-uri $(STORE) --default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(PORT)
+	@echo "MLflow UI on http://127.0.0.1:$(PORT); the runs of each experiment:"
+	@MLFLOW_TRACKING_URI=$(STORE) python -m nnlab.tracking.ui urls --port $(PORT)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri $(STORE) \
+		--default-artifact-root $(CURDIR)/mlartifacts $(UI_OPTIONS)
 
 server: install
 	mlflow server --backend-store-uri $(STORE) --artifacts-destination $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(PORT)
+
+# docs/mlflow-*.png from the real UI in headless Chromium, over the project's store (after make repro
+# and a search): python -m nnlab.screenshots --help.
+screenshots: install
+	python -m nnlab.screenshots
 
 # Optuna's dashboard over the search studies (README "Hyperparameter search"), loopback only:
 # $$NNLAB_OPTUNA_STORAGE (a team database), else optuna.db at the root. OPTUNA_PORT=8081 to move it.
@@ -100,8 +112,9 @@ cluster-status: install
 SERVE_PORT ?= 5001
 SERVE_MODEL ?= models:/nnlab-mnist_cnn@champion
 serve: install
-	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(STORE)} mlflow models serve -m $(SERVE_MODEL) \
-		--env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
+	@export MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(STORE)}; \
+	python -m nnlab.tracking.ui check-model $(SERVE_MODEL) && \
+	mlflow models serve -m $(SERVE_MODEL) --env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
 
 # Speed: nnlab's training against a plain PyTorch loop, stage start-up, dvc repro (reports/bench.md).
 # BENCH_ARGS=--quick for a short run; see python -m nnlab.bench --help.

@@ -70,7 +70,7 @@ def test_a_training_with_auto_records_the_precision_it_used(compose, project, tm
     saved = yaml.safe_load((project / "models" / "auto_cnn" / "config.yaml").read_text())
     assert saved["trainer"]["precision"] == used
     client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("nnlab").experiment_id])
+    (run,) = client.search_runs([client.get_experiment_by_name("nnlab-mnist").experiment_id])
     assert run.data.params["trainer.precision"] == used
 
 

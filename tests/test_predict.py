@@ -162,7 +162,7 @@ def mlflow_model(root, checkpoint):
     client = MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment("predict", artifact_location=(root / "mlartifacts").as_uri())
     with tracking_uri(uri), mlflow.start_run(experiment_id=experiment) as run:
-        log_classifier(run.info.run_id, checkpoint, np.zeros((2, 28, 28), np.float32), True, ["torch"])
+        log_classifier(run.info.run_id, checkpoint, np.random.default_rng(0).random((2, 28, 28), np.float32), ["torch"])
         version = mlflow.register_model(f"runs:/{run.info.run_id}/model", "shapes")
     client.set_registered_model_alias("shapes", "champion", version.version)
     return uri, run.info.run_id

@@ -52,7 +52,7 @@ def test_numpy_network_is_tracked_like_the_others(compose, project, tmp_path):
     )
     assert summary["test_acc"] > 0.5  # synthetic classes, chance is 0.1
     client = MlflowClient(tracking_uri=uri)
-    run = client.search_runs([client.get_experiment_by_name("nnlab").experiment_id])[0]
+    run = client.search_runs([client.get_experiment_by_name("nnlab-mnist").experiment_id])[0]
     assert run.info.status == "FINISHED" and run.data.tags["model"] == "NumpyMLP"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [1, 2]
     assert "checkpoint/best.npz" in {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}

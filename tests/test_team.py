@@ -95,8 +95,8 @@ def train(root: Path, settings: Settings, *overrides: str, timeout: int = 300, *
 
 def runs_named(uri: str, name: str):
     client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name("nnlab")
-    return client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{name}'")
+    experiments = [e.experiment_id for e in client.search_experiments()]  # one per data set: nnlab-<data>
+    return client.search_runs(experiments, filter_string=f"attributes.run_name = '{name}'")
 
 
 def log_offset(settings: Settings) -> int:
@@ -278,7 +278,7 @@ def _write_run(uri: str, name: str, epochs: int) -> str:
     from mlflow.entities import Metric, Param
 
     client = MlflowClient(tracking_uri=uri)
-    run = client.create_run(client.get_experiment_by_name("nnlab").experiment_id, run_name=name)
+    run = client.create_run(client.get_experiment_by_name("nnlab-blobs").experiment_id, run_name=name)
     run_id = run.info.run_id
     client.log_batch(run_id, params=[Param(f"p{k}", str(k)) for k in range(40)])
     for epoch in range(1, epochs + 1):
@@ -588,8 +588,8 @@ def test_a_stopped_service_is_one_line_and_up_restarts_only_it(team, workspace):
     assert kept == b"still here"
     # nothing of this module is left RUNNING
     client = MlflowClient(tracking_uri=team.tracking_uri)
-    experiment = client.get_experiment_by_name("nnlab")
-    assert client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'RUNNING'") == []
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'") == []
 
 
 def test_a_port_taken_by_another_program_is_named(tmp_path):

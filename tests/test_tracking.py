@@ -21,7 +21,16 @@ from nnlab.train import train
 
 from helpers import REPO, ctrl_c_raises, run_module, venv_env
 
-EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "samples_per_second")
+EPOCH_METRICS = (
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "epoch_seconds",
+    "epoch_train_seconds",
+    "samples_per_second",
+)
 
 
 def _free_port() -> int:
@@ -104,10 +113,22 @@ def test_a_run_records_everything(compose, project, store, monkeypatch):
     )
     client = MlflowClient(tracking_uri=store)
     run = client.search_runs(
-        [client.get_experiment_by_name("nnlab").experiment_id], filter_string=f"attributes.run_name = '{name}'"
+        [client.get_experiment_by_name("nnlab-mnist").experiment_id], filter_string=f"attributes.run_name = '{name}'"
     )[0]
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     assert run.info.status == "FINISHED"
+    train_json = json.loads((project / "metrics" / name / "train.json").read_text())
+    # one name, one meaning: a metric is logged once per epoch (steps 1..N) or once (step 0)
+    histories = {key: client.get_metric_history(run.info.run_id, key) for key in metrics}
+    for key, history in histories.items():
+        if key.startswith("system/"):
+            continue
+        steps = sorted(m.step for m in history)
+        assert steps in ([1, 2], [0]), (key, steps)
+        assert (steps == [1, 2]) == (key in EPOCH_METRICS), key
+    assert metrics["train_seconds"] == pytest.approx(train_json["train_seconds"])  # the whole run's
+    assert sum(m.value for m in histories["epoch_train_seconds"]) <= train_json["train_seconds"]
+    assert metrics["best_val_acc"] == pytest.approx(train_json["best_val_acc"])
     folder = project / "data" / "mnist"  # the data's own bytes, not only its manifest
     digest = hashlib.md5()
     for path in sorted([*(folder / "raw").iterdir(), folder / "split.npz"], key=lambda p: str(p.relative_to(folder))):
@@ -152,9 +173,11 @@ def test_a_run_records_everything(compose, project, store, monkeypatch):
     # MLflow's own columns: User, Source, Version
     assert tags["mlflow.source.name"] == "nnlab.train" and tags["mlflow.source.type"] == "LOCAL"
     assert tags["mlflow.user"] == getpass.getuser() and tags["mlflow.source.git.commit"] == tags["git_commit"]
-    # params a person compares: no machine paths
+    # params a person compares, and the config beside them: no machine paths
     assert params["data.data_dir"] == "data/mnist" and params["paths.root_dir"] == "."
     assert not [k for k, v in params.items() if str(project) in v]
+    config = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.yaml")
+    assert "data_dir: data/mnist" in config and str(project) not in config
     # system metrics, sampled every 0.5 s here (conftest), from the first step
     system = {k for k in metrics if k.startswith("system/")}
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system
@@ -168,9 +191,13 @@ def test_a_run_records_everything(compose, project, store, monkeypatch):
     assert sizes == {"mnist-train": 500, "mnist-val": 100, "mnist-test": 200}
     assert len({i.dataset.digest for i in inputs.values()}) == 3
     assert (project / "data" / "mnist").as_uri() in inputs["mnist-train"].dataset.source
-    # the test metrics on the logged model's page, for the test set
+    # the logged model: named after the experiment, with its outputs' schema; on its page the
+    # test metrics for the test set and nothing else (no system metrics, no per-class accuracies)
     (output,) = run.outputs.model_outputs
-    linked = {m.key: m for m in client.get_logged_model(output.model_id).metrics}
+    logged = client.get_logged_model(output.model_id)
+    assert logged.name == name
+    linked = {m.key: m for m in logged.metrics}
+    assert set(linked) == {"test_acc", "test_loss"}
     assert linked["test_acc"].value == pytest.approx(summary["test_acc"])
     assert (linked["test_acc"].dataset_name, linked["test_acc"].dataset_digest) == (
         "mnist-test",
@@ -178,12 +205,15 @@ def test_a_run_records_everything(compose, project, store, monkeypatch):
     )
 
     mlflow.set_tracking_uri(store)
-    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/{name}")
+    outputs = [(c.name, str(c.type)) for c in model.metadata.get_output_schema().inputs]
+    assert [n for n, _ in outputs] == ["label", "probabilities", "logits"]
     images = np.random.default_rng(0).random((3, 28, 28), dtype=np.float32)
     predicted = model.predict(images)
     assert np.stack(predicted["logits"]).shape == (3, 10) and list(predicted["label"]) == list(
         np.stack(predicted["logits"]).argmax(1)
     )
+    np.testing.assert_allclose(np.stack(predicted["probabilities"]).sum(axis=1), 1.0, rtol=1e-6)
 
 
 def test_registered_model_champion_is_the_best_test_accuracy(compose, project, tmp_path, monkeypatch):
@@ -200,6 +230,15 @@ def test_registered_model_champion_is_the_best_test_accuracy(compose, project, t
     # a third, weaker version does not take the alias
     train(compose(*registered, "trainer.max_epochs=1", "optimizer.lr=1e-5"))
     assert client.get_model_version_by_alias("nnlab-mnist_linear", "champion").version == 2
+    # described for the registry: the network and data, each version's recipe and test accuracy
+    weakest = client.get_model_version("nnlab-mnist_linear", 3)
+    assert weakest.description.startswith("Recipe: Adam lr 1e-05, batch 128, 1 epoch, OneCycleLR, seed 42.")
+    assert f"Test accuracy {100 * weak['test_acc']:.2f}% on mnist-test." in weakest.description
+    about = client.get_registered_model("nnlab-mnist_linear").description
+    assert about.startswith("nnlab experiment mnist_linear: LinearClassifier trained on mnist (10 classes).")
+    assert "returns label, probabilities and logits" in about
+    assert "@champion: version 2. Recipe: Adam lr 0.003, batch 128, 3 epochs," in about
+    assert f"Test accuracy {100 * strong['test_acc']:.2f}%" in about
 
 
 def test_failed_and_interrupted_runs_are_never_left_running(tmp_path):
@@ -246,7 +285,7 @@ def test_ctrl_c_during_training_ends_the_run_killed(project, tmp_path):
             # process migrating the same new SQLite file can lock the training out).
             with store_lock(uri):
                 client = MlflowClient(tracking_uri=uri)
-        experiment = client.get_experiment_by_name("nnlab")
+        experiment = client.get_experiment_by_name("nnlab-blobs")
         runs = client.search_runs([experiment.experiment_id]) if experiment else []
         if runs and client.get_metric_history(runs[0].info.run_id, "val_acc"):
             run = runs[0]
@@ -284,7 +323,8 @@ def test_parallel_sweep_jobs_all_complete(project, tmp_path, request, where):
     assert "database is locked" not in result.stderr
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs(
-        [client.get_experiment_by_name("nnlab").experiment_id], filter_string=f"tags.experiment = 'parallel_{where}'"
+        [client.get_experiment_by_name("nnlab-blobs").experiment_id],
+        filter_string=f"tags.experiment = 'parallel_{where}'",
     )
     parent = next(r for r in runs if r.data.tags.get("sweep") == "parent")
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
@@ -323,7 +363,7 @@ def test_credentials_in_the_tracking_uri_reach_no_file_param_or_artifact(project
     assert [p for p in written if secret.encode() in p.read_bytes()] == []
     client = MlflowClient(tracking_uri=server)
     run = client.search_runs(
-        [client.get_experiment_by_name("nnlab").experiment_id], filter_string="attributes.run_name = 'cred'"
+        [client.get_experiment_by_name("nnlab-blobs").experiment_id], filter_string="attributes.run_name = 'cred'"
     )[0]
     assert run.data.params["logger.mlflow.tracking_uri"] == server
     assert secret not in str(run.data.tags)
@@ -331,3 +371,27 @@ def test_credentials_in_the_tracking_uri_reach_no_file_param_or_artifact(project
     files = [p for p in Path(local).rglob("*") if p.is_file()]
     assert any(p.name == "overrides.txt" for p in files) and any(p.suffix == ".ckpt" for p in files)
     assert [p for p in files if secret.encode() in p.read_bytes()] == []
+
+
+def test_make_ui_prints_each_experiments_runs_table_and_serve_names_a_missing_model(project, tmp_path):
+    """`make ui` prints the addresses that open the training runs (not MLflow 3's GenAI overview);
+    `make serve` of a model nobody registered stops with one line saying how to register it."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with open_run("nnlab-blobs", "one", project, uri):
+        pass
+    urls = run_module("nnlab.tracking.ui", "urls", "--port", "5055", cwd=project, MLFLOW_TRACKING_URI=uri)
+    assert urls.returncode == 0, urls.stderr[-2000:]
+    experiment = MlflowClient(tracking_uri=uri).get_experiment_by_name("nnlab-blobs").experiment_id
+    assert urls.stdout.splitlines() == [
+        f"  nnlab-blobs: http://127.0.0.1:5055/#/experiments/{experiment}/runs?workflowType=machine_learning"
+    ]
+    missing = run_module(
+        "nnlab.tracking.ui", "check-model", "models:/nnlab-mnist_cnn@champion", cwd=project, MLFLOW_TRACKING_URI=uri
+    )
+    assert missing.returncode == 1
+    assert missing.stderr.splitlines() == [
+        f"nnlab.tracking.ui: error: models:/nnlab-mnist_cnn@champion is not registered in tracking store {uri}: "
+        "register it with `dvc repro` (its evaluate stages register every model) or `python -m nnlab.evaluate "
+        "experiment=mnist_cnn logger.mlflow.register=true`, or serve another one "
+        "(make serve SERVE_MODEL=models:/<name>@<alias>)"
+    ]

@@ -21,6 +21,7 @@ from nnlab.config.errors import TrackingError
 from nnlab.config.paths import Outputs, portable, retrain_command
 from nnlab.data.integrity import data_hash
 from nnlab.report.tables import read_json, write_json
+from nnlab.tracking.names import data_name, experiment_name, registered_model_name
 from nnlab.tracking.trial import run_name, sweep_tags
 
 if TYPE_CHECKING:
@@ -42,11 +43,6 @@ def git_tags(root: Path) -> dict:
     return {"git_commit": commit, "git_dirty": str(bool(git("status", "--porcelain", "--untracked-files=no")))}
 
 
-def run_tags_data(cfg: DictConfig) -> str:
-    """mnist or blobs: the data module's name."""
-    return cfg.data._target_.rsplit(".", 1)[-1].removesuffix("DataModule").lower()
-
-
 def source_tags(commit: str | None) -> dict:
     """MLflow's own source tags, which fill the UI's User, Source and Version columns."""
     tags = {"mlflow.source.name": "nnlab.train", "mlflow.source.type": "LOCAL", "mlflow.user": getpass.getuser()}
@@ -58,7 +54,7 @@ def source_tags(commit: str | None) -> dict:
 def run_tags(cfg: DictConfig, accelerator: str, device: str) -> dict:
     tags = {
         "experiment": cfg.name,
-        "data": run_tags_data(cfg),
+        "data": data_name(cfg),
         "model": cfg.model._target_.rsplit(".", 1)[-1],
         "data_md5": data_hash(Path(cfg.data.data_dir)),
         "accelerator": accelerator,
@@ -89,7 +85,7 @@ def training_run(
         tags = {**tags, "resumed": "true"}
     with (
         open_run(
-            mlflow_cfg.experiment_name,
+            experiment_name(cfg),
             run_name(cfg.name),  # a sweep's job: its trial or its swept values
             Path(cfg.paths.root_dir),
             mlflow_cfg.tracking_uri,
@@ -122,13 +118,15 @@ def record_failed_job(cfg: DictConfig, message: str) -> None:
 
 
 def record_start(run: Run, resolved: dict, parameters: int, config_file: Path, overrides: list[str]) -> None:
-    """The run's params (paths relative to the project, so two machines' runs compare equal),
-    config and overrides."""
+    """The run's params and its config (``config_file``'s name), both with paths relative to the
+    project, so that the same run on two machines records the same; and its overrides."""
+    from omegaconf import OmegaConf
+
     from nnlab.tracking.run import flatten
 
     params = portable(resolved, Path(resolved["paths"]["root_dir"]))
     run.log_params({**flatten(params), "parameters": parameters})
-    run.log_artifact(config_file)
+    run.log_text(OmegaConf.to_yaml(params), config_file.name)
     run.log_text("\n".join(overrides) + "\n", "overrides.txt")
 
 
@@ -141,7 +139,7 @@ def log_datasets(run: Run, cfg: DictConfig, datamodule, splits: tuple[str, ...])
     import mlflow.data
     from mlflow.entities import DatasetInput, InputTag
 
-    data = str(run_tags_data(cfg))
+    data = data_name(cfg)
     inputs, found = [], {}
     for split in splits:
         x, y = datamodule.splits[split]  # as stored (MNIST: the pixel bytes, as in data/mnist)
@@ -174,6 +172,13 @@ def log_inputs(run: Run, inputs: list, attempts: int = 5) -> None:
             time.sleep(0.1 * (attempt + 1))
 
 
+# An epoch's row under the name its MLflow metric has where the run's summary logs the same
+# name once: the UI shows a metric's latest value, so one name must not hold both the last
+# epoch's seconds and the whole run's.
+EPOCH_METRIC_NAMES = {"train_seconds": "epoch_train_seconds"}
+SUMMARY_METRICS = ("best_val_acc", "best_val_loss", "train_seconds")
+
+
 def epoch_sink(run: Run) -> Callable[[dict], None]:
     """Logs each epoch's row at step = epoch, skipping epochs the run already has (a resumed
     run replays its history: the metric history stays 1..N without duplicates)."""
@@ -181,21 +186,21 @@ def epoch_sink(run: Run) -> Callable[[dict], None]:
 
     def sink(row: dict) -> None:
         if row["epoch"] not in logged:
-            run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+            metrics = {EPOCH_METRIC_NAMES.get(k, k): v for k, v in row.items() if k != "epoch"}
+            run.log_metrics(metrics, step=row["epoch"])
             logged.add(row["epoch"])
 
     return sink
 
 
 def log_test_results(run: Run, metrics: dict, files: list[Path], dataset: tuple[str, str] | None) -> None:
-    """Test metrics in the run and, when it logged a model, on that model's page for the test set."""
-    per_class = {f"test_acc_class_{c}": v for c, v in metrics["per_class_accuracy"].items()}
-    run.log_metrics({"test_loss": metrics["test_loss"], "test_acc": metrics["test_acc"], **per_class})
+    """Test metrics in the run; when it logged a model, test loss and accuracy are linked to that
+    model and the test set (shown on the model's page; logged once, they are the run's too)."""
+    run.log_metrics({f"test_acc_class_{c}": v for c, v in metrics["per_class_accuracy"].items()})
     model_id = run.model_id()
-    if model_id:
-        name, digest = dataset or (None, None)
-        link = {"model_id": model_id, "dataset_name": name, "dataset_digest": digest}
-        run.log_metrics({"test_loss": metrics["test_loss"], "test_acc": metrics["test_acc"]}, **link)
+    name, digest = dataset if model_id and dataset else (None, None)
+    link = {"model_id": model_id, "dataset_name": name, "dataset_digest": digest} if model_id else {}
+    run.log_metrics({"test_loss": metrics["test_loss"], "test_acc": metrics["test_acc"]}, **link)
     for path in files:
         run.log_artifact(path, "evaluation")
 
@@ -215,7 +220,7 @@ def record_results(
 
     mlflow_cfg = cfg.logger.mlflow
     summary = read_json(out.metrics / "train.json")
-    run.log_metrics({k: summary[k] for k in ("best_val_acc", "best_val_loss", "train_seconds")})
+    run.log_metrics({k: summary[k] for k in SUMMARY_METRICS})
     for path in (
         out.plots / "history.csv",
         out.plots / "curves.png",
@@ -226,12 +231,11 @@ def record_results(
     run.log_artifact(checkpoint, "checkpoint")
     record = {"mlflow_run_id": run.run_id}
     if mlflow_cfg.log_model and loggable:
-        images = "mean" in cfg.data
-        record["model_uri"], record["model_id"] = run.log_model(checkpoint, input_example(cfg, datamodule), images)
+        record["model_uri"], record["model_id"] = run.log_model(checkpoint, input_example(cfg, datamodule), cfg.name)
     if test_results:
         log_test_results(run, *test_results, dataset=log_datasets(run, cfg, datamodule, ("test",))["test"])
         if "model_uri" in record and mlflow_cfg.register:
-            record["registered_version"] = run.register_champion(f"nnlab-{cfg.name}")
+            record["registered_version"] = register(run, cfg, test_results[0]["test_acc"])
     write_json(out.models / "run.json", record)
     return record
 
@@ -274,4 +278,39 @@ def record_evaluation(cfg: DictConfig, run: Run, datamodule, metrics: dict, file
     log_test_results(run, metrics, files, log_datasets(run, cfg, datamodule, ("test",))["test"])
     mlflow_cfg = cfg.logger.mlflow
     if mlflow_cfg.register and mlflow_cfg.log_model:
-        run.register_champion(f"nnlab-{cfg.name}")
+        register(run, cfg, metrics["test_acc"])
+
+
+def register(run: Run, cfg: DictConfig, test_acc: float) -> int:
+    """Register the run's model as ``nnlab-<name>``, described for the registry's pages."""
+    return run.register_champion(registered_model_name(cfg), model_about(cfg), recipe_about(cfg, test_acc, run))
+
+
+def model_about(cfg: DictConfig) -> str:
+    """What a registered model is: its network, data, inputs and outputs."""
+    skip = ("_target_", "input_shape", "num_classes")
+    network = cfg.model._target_.rsplit(".", 1)[-1]
+    settings = ", ".join(f"{k} {v}" for k, v in cfg.model.items() if k not in skip)
+    if settings:
+        network += f" ({settings})"
+    data = data_name(cfg)
+    if "mean" in cfg.data:
+        takes = "images (n, 28, 28) or (n, 1, 28, 28) with pixels in [0, 1], or grey pictures of any size"
+    else:
+        takes = f"points (n, {cfg.data.input_shape[0]}) standardised like data/{data}"
+    return (
+        f"nnlab experiment {cfg.name}: {network} trained on {data} "
+        f"({cfg.data.num_classes} classes). Takes {takes}; returns label, probabilities and logits."
+    )
+
+
+def recipe_about(cfg: DictConfig, test_acc: float, run: Run) -> str:
+    """One registered version: the recipe that trained it and its test accuracy."""
+    optimizer = cfg.optimizer._target_.rsplit(".", 1)[-1]
+    scheduler = cfg.scheduler._target_.rsplit(".", 1)[-1] if (cfg.get("scheduler") or {}).get("_target_") else None
+    epochs = cfg.trainer.max_epochs
+    return (
+        f"Recipe: {optimizer} lr {cfg.optimizer.lr}, batch {cfg.data.batch_size}, {epochs} epoch{'s' * (epochs != 1)}, "
+        f"{scheduler or 'constant learning rate'}, seed {cfg.seed}. Test accuracy {test_acc:.2%} on "
+        f"{data_name(cfg)}-test. MLflow run {run.run_id}."
+    )

@@ -6,7 +6,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -113,6 +113,7 @@ class Run:
 
     def __init__(self, client: MlflowClient, run_id: str):
         self.client, self.run_id = client, run_id
+        self.stop_sampling: Callable[[], None] = lambda: None  # system_metrics: stop its samples now
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, **link: str | None) -> None:
         """``link``: ``model_id``, ``dataset_name``, ``dataset_digest`` (MLflow 3's metrics of a
@@ -126,6 +127,12 @@ class Run:
         outputs = self.client.get_run(self.run_id).outputs
         found = outputs.model_outputs if outputs else []
         return found[-1].model_id if found else None
+
+    def next_step(self) -> int:
+        """A step after every step of the run's metrics so far."""
+        keys = self.client.get_run(self.run_id).data.metrics
+        steps = [m.step for key in keys for m in self.client.get_metric_history(self.run_id, key)]
+        return max(steps, default=-1) + 1
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         items = [Param(k, str(v)) for k, v in params.items()]
@@ -153,33 +160,47 @@ class Run:
             if saved_env is None:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
-    def log_model(self, checkpoint: Path, input_example: np.ndarray, images: bool) -> tuple[str, str]:
-        """Log ``checkpoint``'s network as this run's pyfunc ``model`` (tracking.served_model);
+    def log_model(self, checkpoint: Path, input_example: np.ndarray, name: str) -> tuple[str, str]:
+        """Log ``checkpoint``'s network as this run's pyfunc model ``name`` (tracking.served_model);
         returns (models:/ URI, model id). The fluent API creates the logged model in the *active*
-        experiment, so point it at ours. Explicit requirements: inferring them costs seconds."""
+        experiment, so point it at ours. Explicit requirements: inferring them costs seconds.
+        The model gets only the metrics ``log_metrics(..., model_id=...)`` links to it: MLflow
+        links to a new model the run's metrics at the model's step (the system metrics' first
+        sample, the summary), so it is logged at a step no metric has, with the system metrics
+        stopped; and logging makes it MLflow's active model, to which every metric logged
+        afterwards in this thread would be linked, so that is cleared."""
         import mlflow
         import torch
 
         from nnlab.tracking.served_model import log_classifier
 
+        self.stop_sampling()
         with self._fluent():
             mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
-            info = log_classifier(
-                self.run_id,
-                checkpoint,
-                input_example,
-                images,
-                [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "pillow", "pandas"],
-            )
+            try:
+                info = log_classifier(
+                    self.run_id,
+                    checkpoint,
+                    input_example,
+                    [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "pillow", "pandas"],
+                    name=name,
+                    step=self.next_step(),
+                )
+            finally:
+                mlflow.clear_active_model()
         return info.model_uri, info.model_id
 
-    def register_champion(self, model_name: str, metric: str = "test_acc") -> int:
-        """Register this run's model under ``model_name``; give the alias ``champion`` to the
-        version whose run has the best ``metric``. Returns the new version number."""
+    def register_champion(self, model_name: str, about: str, version_about: str, metric: str = "test_acc") -> int:
+        """Register this run's logged model under ``model_name`` with the description
+        ``version_about``; give the alias ``champion`` to the version whose run has the best
+        ``metric``, and describe the registered model as ``about`` and its champion. Returns the
+        new version number."""
         import mlflow
 
+        model_id = self.model_id()
         with self._fluent():
-            version = mlflow.register_model(f"runs:/{self.run_id}/model", model_name)
+            version = mlflow.register_model(f"models:/{model_id}", model_name)
+        self.client.update_model_version(model_name, version.version, description=version_about)
         versions = self.client.search_model_versions(f"name='{model_name}'")
 
         def score(v) -> float:
@@ -187,6 +208,11 @@ class Run:
 
         best = max(versions, key=lambda v: (score(v), int(v.version)))
         self.client.set_registered_model_alias(model_name, "champion", best.version)
+        champion = self.client.get_model_version(model_name, best.version)
+        self.client.update_registered_model(
+            model_name,
+            description=f"{about}\n\n@champion: version {best.version}. {champion.description or ''}".strip(),
+        )
         return int(version.version)
 
 
@@ -198,7 +224,8 @@ def experiment_id(client: MlflowClient, name: str, root: Path, uri: str) -> str:
     # A local store keeps its artifacts beside it; a server decides for itself.
     location = (store_root(root) / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
     try:
-        # The kind tag makes the MLflow UI open on its training-runs view, not the GenAI one.
+        # MLflow's own record of the experiment's kind (what its UI's kind selector writes). The
+        # 3.17 UI opens on what its URL's ``workflowType`` says instead (ui.runs_url).
         return client.create_experiment(
             name, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development"}
         )
@@ -251,8 +278,9 @@ def open_run(
 @contextmanager
 def system_metrics(run: Run, interval: float | None, resumed: bool = False) -> Iterator[None]:
     """MLflow's system metrics (CPU, memory, disk, network; GPU when NVIDIA's library finds
-    one) as ``system/...`` every ``interval`` seconds while the block runs (None: off). Our
-    runs are created through the client, which does not start MLflow's monitor by itself."""
+    one) as ``system/...`` every ``interval`` seconds while the block runs (None: off), or until
+    ``run.stop_sampling()``. Our runs are created through the client, which does not start
+    MLflow's monitor by itself."""
     if not interval:
         yield
         return
@@ -264,15 +292,25 @@ def system_metrics(run: Run, interval: float | None, resumed: bool = False) -> I
     monitor = SystemMetricsMonitor(
         run.run_id, sampling_interval=interval, resume_logging=resumed, tracking_uri=run.client.tracking_uri
     )
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        if stopped:
+            return
+        stopped = True
+        monitor.finish()
+        # The monitor's loop stops without logging the samples of its last, partial interval.
+        if any(m.metrics for m in monitor.monitors):
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
+
     monitor.start()
+    run.stop_sampling = stop
     try:
         yield
     finally:
-        monitor.finish()
-        # The monitor's loop stops without logging the samples of its last, partial interval.
-        if any(m._metrics for m in monitor.monitors):
-            monitor.publish_metrics(monitor.aggregate_metrics())
-            monitor.mlflow_logger.flush()
+        stop()
 
 
 def process_tags() -> dict[str, str]:

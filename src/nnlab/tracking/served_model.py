@@ -5,7 +5,9 @@
   [0, 1], or raw grey pictures of any other size (values in [0, 1] or 0-255, dark ink on light
   paper or the other way round), which get MNIST's own preprocessing (``nnlab.data.images``);
 - the blobs model: (n, 2) points standardised like data/blobs/.
-It returns a DataFrame with the predicted ``label`` and the ``logits`` of each input.
+It returns a DataFrame with the predicted ``label``, the class ``probabilities`` and the
+``logits`` of each input. A request it cannot answer raises ``BadInput``: HTTP 400 with one
+line saying what was wrong (an image with NaN, one with no ink, a wrong shape).
 
 The network is stored as a state dict beside its saved config (read back through the checked
 path of ``models.checkpoint``, never by unpickling), and the model carries nnlab's own code
@@ -14,34 +16,100 @@ path of ``models.checkpoint``, never by unpickling), and the model carries nnlab
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import mlflow.models
 import mlflow.pyfunc
 import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 MNIST_SIDE = 28
+MIN_SIDE = 8  # a smaller "image" is a mistake (a flattened batch is one 1×784 picture per row)
+MIN_CONTRAST = 0.05  # as nnlab.data.images: ink minus background below this is a blank image
 
 
-def mnist_batch(model_input) -> np.ndarray:
-    """(n, 1, 28, 28) float32 pixels in [0, 1] from any of the image inputs above."""
-    x = np.asarray(model_input.to_numpy() if hasattr(model_input, "to_numpy") else model_input, dtype=np.float32)
+class BadInput(MlflowException):
+    """A request the model cannot answer: HTTP 400 from ``mlflow models serve`` with ``reason``
+    as its whole message. The scoring server puts the request itself in front of the message of
+    an error a model raises (for one 28×28 image, 4 KB of numbers); a reason must stay short, so
+    this exception's message is its reason whatever is assigned to it later."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason, error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self.reason
+
+    @message.setter
+    def message(self, _value: str) -> None:
+        pass
+
+
+def as_numbers(model_input, what: str) -> np.ndarray:
+    """float32 array of the request, or BadInput (ragged lists, strings)."""
+    try:
+        x = np.asarray(model_input.to_numpy() if hasattr(model_input, "to_numpy") else model_input, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise BadInput(f"{what} must be numbers, all of one shape") from None
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise BadInput(f"no {what} in the request")
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if bad.any():
+        raise BadInput(f"{what[:-1]} {int(np.argmax(bad))} has NaN or infinite values")
+    return x
+
+
+def image_batch(model_input) -> np.ndarray:
+    """(n, height, width) float32 images from (n, h, w), (n, 1, h, w) or one (h, w) picture,
+    checked: numbers in [0, 1] or 0-255, each with some ink."""
+    x = as_numbers(model_input, "images")
     if x.ndim == 2:  # one picture
         x = x[None]
     if x.ndim == 4 and x.shape[1] == 1:
         x = x[:, 0]
     if x.ndim != 3:
-        raise ValueError(f"expected images of shape (n, height, width), got {list(x.shape)}")
+        raise BadInput(f"expected images of shape (n, height, width) or (n, 1, height, width), got {list(x.shape)}")
+    if min(x.shape[1:]) < MIN_SIDE:
+        raise BadInput(
+            f"images of {x.shape[1]}×{x.shape[2]} pixels: each side needs at least {MIN_SIDE} "
+            "(a flattened batch (n, 784) is sent as (n, 28, 28))"
+        )
+    low, high = float(x.min()), float(x.max())
+    if low < 0 or high > 255:
+        raise BadInput(f"pixels must be in [0, 1] or 0-255, got values from {low:g} to {high:g}")
+    contrast = x.reshape(len(x), -1).max(axis=1) - x.reshape(len(x), -1).min(axis=1)
+    blank = contrast < MIN_CONTRAST * (255.0 if high > 1 else 1.0)
+    if blank.any():  # the same answer for a blank image of any size
+        raise BadInput(f"image {int(np.argmax(blank))} is blank (no ink found)")
+    return x
+
+
+def mnist_batch(model_input) -> np.ndarray:
+    """(n, 1, 28, 28) float32 pixels in [0, 1] from any of the image inputs above."""
+    x = image_batch(model_input)
     if x.shape[1:] == (MNIST_SIDE, MNIST_SIDE) and x.max(initial=0) <= 1:
         return x[:, None]
     from PIL import Image
 
-    from nnlab.data.images import to_mnist
+    from nnlab.data.images import ImageError, to_mnist
 
     scale = 255.0 if x.max(initial=0) <= 1 else 1.0
     pictures = (Image.fromarray(np.clip(p * scale, 0, 255).astype(np.uint8), "L") for p in x)
-    return np.stack([to_mnist(p, f"image {i}") for i, p in enumerate(pictures)])[:, None].astype(np.float32)
+    try:
+        digits = [to_mnist(p, f"image {i}") for i, p in enumerate(pictures)]
+    except ImageError as exc:
+        raise BadInput(str(exc)) from None
+    return np.stack(digits)[:, None].astype(np.float32)
+
+
+def point_batch(model_input, features: int) -> np.ndarray:
+    x = as_numbers(model_input, "points")
+    if x.ndim != 2 or x.shape[1] != features:
+        raise BadInput(f"expected points of shape (n, {features}), got {list(x.shape)}")
+    return x
 
 
 class Classifier(mlflow.pyfunc.PythonModel):
@@ -53,6 +121,7 @@ class Classifier(mlflow.pyfunc.PythonModel):
         self.net, cfg = load_network(context.artifacts["checkpoint"])
         self.images = "mean" in cfg.data
         self.mean, self.std = (float(cfg.data.mean), float(cfg.data.std)) if self.images else (0.0, 1.0)
+        self.features = int(np.prod(cfg.data.input_shape))
 
     def predict(self, context, model_input: np.ndarray, params=None):  # the hint keeps MLflow quiet
         import pandas as pd
@@ -61,60 +130,58 @@ class Classifier(mlflow.pyfunc.PythonModel):
         if self.images:
             x = (mnist_batch(model_input) - self.mean) / self.std
         else:
-            x = np.asarray(model_input, dtype=np.float32)
+            x = point_batch(model_input, self.features)
         with torch.no_grad():
-            logits = self.net(torch.from_numpy(np.ascontiguousarray(x))).numpy()
-        return pd.DataFrame({"label": logits.argmax(axis=1), "logits": list(logits.astype(np.float64))})
+            logits = self.net(torch.from_numpy(np.ascontiguousarray(x))).double()
+        probabilities = torch.softmax(logits, dim=1).numpy()
+        return pd.DataFrame(
+            {
+                "label": logits.argmax(dim=1).numpy(),
+                "probabilities": list(probabilities),
+                "logits": list(logits.numpy()),
+            }
+        )
 
 
-def signature(example: np.ndarray, images: bool):
-    """Images: (n, height, width) of any size (MLflow checks the rank and dtype, the model the rest)."""
+def signature():
+    """The outputs only: an input schema would fix one rank, and the model takes images as
+    (n, h, w) and (n, 1, h, w); it checks its inputs itself (``BadInput``)."""
     from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
+    from mlflow.types.schema import Array, ColSpec, Schema
 
-    shape = (-1, -1, -1) if images else (-1, example.shape[1])
-    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), shape)]))
-
-
-@contextlib.contextmanager
-def requirement_check_without_scan():
-    """MLflow checks a model's pip requirements against the installed versions when it logs or
-    loads one, and to do so first maps every importable module to its distribution by reading
-    every installed distribution's file list (``packages_distributions``: 1.4 s on the 2-core
-    machine, in every training that logs a model). The check reads versions by package name and
-    needs that map only for a package whose metadata is missing, which it then imports by name
-    instead; with the map left empty for the call the same check runs, without the scan. Anything
-    else in the process (inferring a model's requirements) still builds the full map."""
-    from mlflow.utils import requirements_utils
-
-    if getattr(requirements_utils, "_MODULES_TO_PACKAGES", ()) is not None:  # built already (or renamed)
-        yield
-        return
-    requirements_utils._MODULES_TO_PACKAGES = {}
-    try:
-        yield
-    finally:
-        requirements_utils._MODULES_TO_PACKAGES = None
+    return ModelSignature(
+        outputs=Schema(
+            [
+                ColSpec("long", "label"),
+                ColSpec(Array("double"), "probabilities"),
+                ColSpec(Array("double"), "logits"),
+            ]
+        )
+    )
 
 
-def log_classifier(run_id: str, checkpoint: Path, example: np.ndarray, images: bool, requirements: list[str]):
-    """Log the pyfunc model of ``checkpoint`` (weights and config only) as ``run_id``'s ``model``."""
+def log_classifier(
+    run_id: str, checkpoint: Path, example: np.ndarray, requirements: list[str], name: str = "model", step: int = 0
+):
+    """Log the pyfunc model of ``checkpoint`` (weights and config only) as ``run_id``'s model
+    ``name`` at ``step``; ``example``: two inputs as a user gives them."""
     import tempfile
 
     import nnlab
     from nnlab.models.checkpoint import network_only
 
-    with tempfile.TemporaryDirectory() as tmp, requirement_check_without_scan():
+    with tempfile.TemporaryDirectory() as tmp:
         network = network_only(checkpoint, Path(tmp) / "network.ckpt")
         return mlflow.models.Model.log(
             artifact_path=None,
-            name="model",
+            name=name,
             flavor=mlflow.pyfunc,
             run_id=run_id,
             python_model=Classifier(),
             artifacts={"checkpoint": str(network)},
             code_paths=[str(Path(nnlab.__file__).parent)],
-            signature=signature(example, images),
+            signature=signature(),
             input_example=example,
             pip_requirements=requirements,
+            step=step,
         )
