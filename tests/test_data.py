@@ -11,6 +11,7 @@ import pytest
 from nnlab import prepare_blobs, prepare_mnist
 from nnlab.data import blobs, idx, mnist
 from nnlab.data.idx import DataError
+from nnlab.data.mnist import sources as mnist_sources
 
 from helpers import synthetic_digits, write_idx_dir
 
@@ -114,7 +115,7 @@ def test_offline_pickle_is_rebuilt_into_idx(tmp_path):
         (flat[20:25], y[20:25].astype(np.int64)),
         (flat[25:], y[25:].astype(np.int64)),
     )
-    files = mnist._idx_from_pickle(gzip.compress(pickle.dumps(payload, protocol=2)))
+    files = mnist_sources._idx_from_pickle(gzip.compress(pickle.dumps(payload, protocol=2)))
     assert np.array_equal(idx.decode(files["train-images-idx3-ubyte"]), x[:25])
     assert np.array_equal(idx.decode(files["t10k-labels-idx1-ubyte"]), y[25:])
 
@@ -125,7 +126,7 @@ def test_offline_pickle_refuses_code(tmp_path):
             return (print, ("pwned",))
 
     with pytest.raises(pickle.UnpicklingError, match="refusing to load builtins.print"):
-        mnist._NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(Evil()))).load()
+        mnist_sources._NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(Evil()))).load()
 
 
 def test_unknown_source_is_a_clear_error(tmp_path):

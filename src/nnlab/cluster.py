@@ -16,8 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from nnlab.config.errors import fail
 from nnlab.config.paths import find_root
+from nnlab.errors import fail
 from nnlab.services import slurm
 from nnlab.services.settings import ServiceError
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from nnlab.config.errors import fail
 from nnlab.config.params import params_section, parser
 from nnlab.config.paths import find_root
 from nnlab.data import blobs
-from nnlab.data.idx import DataError
+from nnlab.errors import NnlabError, report
 from nnlab.report.tables import console
 
 PROG = "nnlab.prepare_blobs"
@@ -18,8 +17,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         data = blobs.make(**blobs.check_params(params_section(args.params, "blobs")))
         blobs.write(out, data)
-    except DataError as exc:
-        fail(PROG, str(exc), code=1)
+    except NnlabError as exc:
+        report(PROG, exc)
     console.print(f"blobs: train {len(data['train'][1])}, val {len(data['val'][1])} -> {out}")
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from nnlab.config.errors import fail
 from nnlab.config.params import params_section, parser
 from nnlab.config.paths import find_root
 from nnlab.data import mnist
-from nnlab.data.idx import DataError
+from nnlab.errors import NnlabError, report
 from nnlab.report.tables import console
 
 PROG = "nnlab.prepare_mnist"
@@ -23,8 +22,8 @@ def main(argv: list[str] | None = None) -> None:
         p = mnist.check_params(params_section(args.params, "mnist"))  # before anything is written
         source, files = mnist.fetch(p["source"], cache, p["dir"])
         manifest = mnist.prepare(out, files, source, p["val_size"], p["seed"], expected_md5=p["md5"])
-    except DataError as exc:
-        fail(PROG, str(exc), code=1)
+    except NnlabError as exc:
+        report(PROG, exc)
     counts = manifest["counts"]
     console.print(
         f"MNIST from [bold]{source}[/]: md5 verified; train {counts['train']}, "

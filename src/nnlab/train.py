@@ -16,22 +16,20 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from nnlab import slurm_job
 from nnlab.config.compose import hydra_main
-from nnlab.config.errors import TrackingError, fail
 from nnlab.config.paths import (
     Outputs,
     canonical_outputs,
     move_into_place,
     new_run_folder,
     portable,
-    register_resolvers,
     unfinished_run,
 )
-from nnlab.config.schema import ConfigError, check, validate
-from nnlab.data.idx import DataError
+from nnlab.config.schema import ConfigError, check
+from nnlab.errors import NnlabError, fail, report
 from nnlab.report import plots
 from nnlab.report.tables import print_summary, write_json, write_yaml
-from nnlab.tracking.credentials import strip_credentials, strip_override
 
 # Lightning, MLflow and torch are imported where a run needs them, so that `--help`, a config
 # error and Hydra's start-up do not wait seconds for them.
@@ -65,8 +63,9 @@ def run_outputs(cfg: DictConfig) -> tuple[Outputs, Outputs | None]:
 
 
 def resumed_run_id(out: Outputs) -> str | None:
-    """The MLflow run that the unfinished run in ``out`` continues; a last.ckpt that is damaged or
-    not nnlab's is a config error naming it (Lightning would print torch's traceback)."""
+    """The MLflow run that the unfinished run in ``out`` continues; a last.ckpt that is damaged,
+    not nnlab's or still being written is a config error naming it (Lightning would print torch's
+    traceback)."""
     from nnlab.models.checkpoint import WriterAlive, saved_run_id
 
     try:
@@ -77,47 +76,42 @@ def resumed_run_id(out: Outputs) -> str | None:
         raise ConfigError(f"resume: {exc}; delete {out.models.parent} or run without resume=true") from None
 
 
+def write_config(cfg: DictConfig, out: Outputs) -> dict:
+    """The resolved config: models/config.yaml (a new run's), and metrics/params.yaml, the values
+    this run used, for `dvc params diff` / `dvc exp show` (dvc.yaml's top-level params)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if not cfg.resume:
+        (out.models / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    write_yaml(out.metrics / "params.yaml", portable(resolved, Path(cfg.paths.root_dir)))
+    return resolved
+
+
 def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     """Fit, keep the best checkpoint by validation loss, record everything. Returns the summary."""
-    import lightning as L
     from hydra.utils import instantiate
 
     from nnlab.tracking import record
     from nnlab.tracking.trial import job_trial, record_pruned, set_torch_threads_for_job
-    from nnlab.training import precision
-    from nnlab.training.evaluation import score_and_write
     from nnlab.training.fit import fitter_for, run_summary
     from nnlab.training.history import EpochHistory
     from nnlab.training.pruning import PruneWhenJudged
-    from nnlab.training.runtime import prepare_training_process
+    from nnlab.training.runtime import prepare_run
 
-    prepare_training_process()  # no page faults and no CUDA probing per step (the values are unchanged)
-    register_resolvers()  # ${nnlab_root:} also in a launcher's worker process
-    validate(cfg)
-    from nnlab.training.numpy_loop import refuse_unused_choices
-
-    refuse_unused_choices(cfg)  # the NumPy network's run records only what it uses
-    precision.check_device(cfg.trainer)  # a GPU that is absent, fp16 that the CPU would train in bf16
-    precision.resolve(cfg.trainer)  # `auto`: what it means on this machine, recorded as such
-    if cfg.logger.get("mlflow"):  # credentials go to the environment, never into a file
-        cfg.logger.mlflow.tracking_uri = strip_credentials(cfg.logger.mlflow.tracking_uri)
-    overrides = [strip_override(o) for o in overrides or []]
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    overrides = prepare_run(cfg, overrides)
     out, final = run_outputs(cfg)
     out.make()
+    if slurm_job.continues(out.models):  # a requeued Slurm job: its run, from the last finished epoch
+        cfg.resume = True
     resume_id = resumed_run_id(out) if cfg.resume else None
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    if not cfg.resume:
-        (out.models / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-    # The values this run used, for `dvc params diff` / `dvc exp show` (dvc.yaml's top-level params).
-    write_yaml(out.metrics / "params.yaml", portable(resolved, Path(cfg.paths.root_dir)))
+    resolved = write_config(cfg, out)
     datamodule, history = instantiate(cfg.data), EpochHistory()
     set_torch_threads_for_job()  # a search's jobs that share this machine's cores split them
     trial = job_trial()  # in an Optuna search: report every epoch, stop when pruned
     pruning = [PruneWhenJudged(trial.monitor, trial.judge)] if trial else []
-    fitter = fitter_for(cfg, resolved, datamodule, history, out.models, pruning)
+    fitter = fitter_for(cfg, resolved, datamodule, history, out.models, [*pruning, *slurm_job.callbacks()])
     (out.models / "model_summary.txt").write_text(fitter.summary_text)
-    tags = record.run_tags(cfg, fitter.accelerator, fitter.device) if fitter.is_global_zero else {}
+    tags = {**record.run_tags(cfg, fitter.accelerator, fitter.device), **slurm_job.run_tags()}
+    tags = tags if fitter.is_global_zero else {}
     with record.training_run(cfg, tags, fitter.is_global_zero, resume_id) as run:
         if run:
             fitter.set_run_id(run.run_id)
@@ -130,7 +124,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
                 record.log_datasets(run, cfg, datamodule, ("train", "val"))
         started = time.perf_counter()
         fitted = fitter.fit()
-        if fitted is None:
+        if fitted is None:  # not rank 0: rank 0 writes and records
             return {}
         net, checkpoint = fitted
         summary = run_summary(cfg, history, fitter.parameters, time.perf_counter() - started)
@@ -138,16 +132,9 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
             summary["pruned_epoch"] = trial.pruned_epoch
             if run:
                 record_pruned(run, trial.pruned_epoch)
-        test_results = (
-            score_and_write(net, datamodule, cfg.name, out.metrics, out.plots) if cfg.test_after_fit else None
-        )
-        if test_results:
-            summary.update(test_acc=test_results[0]["test_acc"], test_loss=test_results[0]["test_loss"])
-        history.write_csv(out.plots / "history.csv")
-        plots.run_curves(history.rows, out.plots / "curves.png", cfg.name)
-        write_json(out.metrics / "train.json", summary)
+        test_results = write_results(cfg, net, datamodule, history, out, summary)
         if run:
-            record.record_results(run, cfg, out, fitter.loggable, checkpoint, datamodule, test_results)
+            record.record_results(run, cfg, out, summary, fitter.loggable, checkpoint, datamodule, test_results)
     (out.models / "last.ckpt").unlink(missing_ok=True)  # finished: nothing left to resume
     if final:
         move_into_place(out, final)
@@ -163,10 +150,23 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     return summary
 
 
+def write_results(cfg: DictConfig, net, datamodule, history, out: Outputs, summary: dict) -> tuple | None:
+    """The fitted network scored on the test split (``test_after_fit``; its results join
+    ``summary``), the history and its curves, and train.json. Returns the test results or None."""
+    from nnlab.training.evaluation import score_and_write
+
+    test_results = score_and_write(net, datamodule, cfg.name, out.metrics, out.plots) if cfg.test_after_fit else None
+    if test_results:
+        summary.update(test_acc=test_results[0]["test_acc"], test_loss=test_results[0]["test_loss"])
+    history.write_csv(out.plots / "history.csv")
+    plots.run_curves(history.rows, out.plots / "curves.png", cfg.name)
+    write_json(out.metrics / "train.json", summary)
+    return test_results
+
+
 def _task(cfg: DictConfig) -> float | None:
     from nnlab.tracking import record
     from nnlab.tracking.trial import finish_trial, in_trial
-    from nnlab.training.history import TrainingDiverged
 
     # Lightning's start-up chatter (device lines, tips); the summary says which device ran. Here,
     # not in main(): a launcher's worker process runs the task without main().
@@ -174,16 +174,22 @@ def _task(cfg: DictConfig) -> float | None:
     hydra = HydraConfig.get()
     try:
         summary = train(cfg, list(hydra.overrides.task))
-    except (ConfigError, DataError, TrainingDiverged, TrackingError) as exc:
-        message = f"config: {exc}" if isinstance(exc, ConfigError) else str(exc)
+    except NnlabError as exc:
         if hydra.mode != RunMode.MULTIRUN:
-            fail(PROG, message, code=2 if isinstance(exc, ConfigError) else 1)
+            report(PROG, exc)
         # One bad job does not stop a sweep: it is recorded as a FAILED run and the others go on.
-        print(f"{PROG}: error: job {hydra.job.num} ({' '.join(hydra.overrides.task)}): {message}", file=sys.stderr)
-        record.record_failed_job(cfg, message)
+        print(f"{PROG}: error: job {hydra.job.num} ({' '.join(hydra.overrides.task)}): {exc.line()}", file=sys.stderr)
+        record.record_failed_job(cfg, exc.line())
         return None
     except KeyboardInterrupt:
         fail(PROG, "interrupted; the MLflow run is marked KILLED", code=130)
+    except OSError as exc:  # a full disk, a folder that cannot be written: one line, the run FAILED
+        from nnlab.config.paths import storage_error
+
+        error = storage_error(exc)
+        if error is None:
+            raise
+        fail(PROG, error.line(), code=error.exit_code)
     if in_trial():  # an Optuna search: the study is told how the trial ended
         return finish_trial(summary)
     return summary.get("best_val_acc")  # what a sweeper optimises

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from nnlab.errors import NnlabError
 from nnlab.tracking.credentials import STORAGE_ENV, redacted
 from nnlab.tracking.sqlite import creation_lock
 
@@ -27,7 +28,7 @@ RETRIES = 8
 _log = logging.getLogger(__name__)
 
 
-class SearchError(ValueError):
+class SearchError(NnlabError, ValueError):
     """A search setting that cannot work (one-line message: the key, what was wrong, what is allowed)."""
 
 
@@ -95,7 +96,7 @@ def open_storage(url: str, create: bool = True, heartbeat: Mapping[str, Any] | N
         raise SearchError(f"hydra.sweeper.storage: no database driver for {redacted(url)} ({exc})") from None
     except Exception as exc:
         if type(exc).__module__.startswith("sqlalchemy"):
-            from nnlab.config.errors import first_line
+            from nnlab.errors import first_line
 
             raise SearchError(f"hydra.sweeper.storage: cannot open {redacted(url)}: {first_line(exc)}") from None
         raise

@@ -11,11 +11,11 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nnlab.config.errors import fail, one_line
-from nnlab.config.paths import conf_dir, register_resolvers
+from nnlab.config.paths import check_writable, conf_dir, register_resolvers
 from nnlab.config.process import exit_now
 from nnlab.config.schema import ConfigError, allowed_keys, validate
-from nnlab.tracking.credentials import strip_override
+from nnlab.errors import fail, one_line, report
+from nnlab.tracking.credentials import override_credentials_to_environment
 
 
 def compose_config(overrides: list[str], config_name: str = "train") -> DictConfig:
@@ -38,9 +38,11 @@ def precheck(prog: str, argv: list[str]) -> None:
     if any(a.startswith("-") for a in argv):
         return
     try:
-        validate(compose_config(argv))
+        cfg = compose_config(argv)
+        validate(cfg)
+        check_writable(cfg.paths.log_dir, "paths.log_dir")  # Hydra creates its run folder there
     except ConfigError as exc:
-        fail(prog, f"config: {exc}")
+        report(prog, exc)
     except (HydraException, OmegaConfBaseException) as exc:
         key = getattr(exc.__cause__, "full_key", None) or getattr(exc, "full_key", None)
         fail(prog, f"config: {one_line(exc)}{_allowed_hint(str(key), argv) if key else ''}")
@@ -133,11 +135,11 @@ def hydra_main(prog: str, task: Callable[[DictConfig], object], quick_exit: bool
     ``quick_exit``: a single run that finished leaves through ``exit_now`` (sweeps never do:
     their launchers' workers are shut down by the interpreter's own exit)."""
     if any(a in HELP_FLAGS for a in sys.argv[1:]):
-        print(help_text(prog, [strip_override(a) for a in sys.argv[1:]]))
+        print(help_text(prog, [override_credentials_to_environment(a) for a in sys.argv[1:]]))
         sys.exit(0)
     import hydra
 
-    sys.argv[1:] = [strip_override(a) for a in sys.argv[1:]]
+    sys.argv[1:] = [override_credentials_to_environment(a) for a in sys.argv[1:]]
     register_resolvers()
     precheck(prog, sys.argv[1:])
     from hydra.core.hydra_config import HydraConfig

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+from nnlab.errors import NnlabError
 
 
 def _is_root(folder: Path) -> bool:
@@ -59,6 +65,8 @@ def register_resolvers() -> None:
     """``${nnlab_root:}`` in conf/paths/*.yaml; called by the composer before Hydra composes."""
     if not OmegaConf.has_resolver("nnlab_root"):
         OmegaConf.register_new_resolver("nnlab_root", lambda: str(find_root()))
+    if not OmegaConf.has_resolver("nnlab_run_stamp"):
+        OmegaConf.register_new_resolver("nnlab_run_stamp", run_stamp, use_cache=True)
 
 
 def conf_dir() -> Path:
@@ -96,9 +104,18 @@ def canonical_outputs(outputs: str) -> bool:
     return outputs == "canonical" or (outputs == "auto" and bool(os.environ.get("DVC_STAGE")))
 
 
+def run_stamp() -> str:
+    """A new run folder's name (``${nnlab_run_stamp:}`` in ``hydra.run.dir``): the time with
+    microseconds; in a Slurm task ``slurm-<job id>[.<step id>]``, the same for every task of a
+    multi-process run and for a requeued job's restart (nnlab.slurm_job)."""
+    from nnlab.slurm_job import run_stamp as slurm_stamp
+
+    return slurm_stamp() or f"{datetime.now():%Y-%m-%d_%H-%M-%S-%f}"
+
+
 def new_run_folder(log_dir: str | Path, name: str) -> Path:
-    """logs/runs/<name>/<time with microseconds>: what Hydra's run dir would be."""
-    return Path(log_dir) / "runs" / name / f"{datetime.now():%Y-%m-%d_%H-%M-%S-%f}"
+    """logs/runs/<name>/<run stamp>: what Hydra's run dir would be."""
+    return Path(log_dir) / "runs" / name / run_stamp()
 
 
 def unfinished_run(log_dir: str | Path, name: str) -> Path | None:
@@ -156,3 +173,54 @@ def retrain_command(models_dir: str | Path, name: str, force: bool = True) -> st
     if Path(models_dir).name == name and name in listed:
         return f"dvc repro {'-f ' if force else ''}train@{name}"
     return f"python -m nnlab.train name={name} with the experiment and overrides it was trained with"
+
+
+@contextmanager
+def exclusive_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created with its folder if missing): one
+    process at a time, however it was started, waits here for the others (Linux's flock)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def check_writable(folder: str | Path, key: str) -> None:
+    """Create ``folder`` (the setting ``key`` names it) or say in one line why it cannot be: Hydra
+    would fail creating its run folder there with a traceback."""
+    from nnlab.config.schema import ConfigError
+
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot create {folder} ({exc.strerror}); choose a folder you can write") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: {folder} is not writable by this user; choose a folder you can write")
+
+
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR)
+
+
+def storage_error(exc: OSError) -> StorageError | None:
+    """The one line for a file or folder nnlab could not write (None: not such an error)."""
+    if exc.errno not in WRITE_ERRNOS:
+        return None
+    where = exc.filename2 or exc.filename
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageError(
+            f"no space left on the disk{f' of {where}' if where else ''}: free space there (resume=true then "
+            "continues from the last epoch written) or write elsewhere (paths.log_dir for run folders, "
+            "MLFLOW_TRACKING_URI for the tracking store); nothing half-written was kept as a result"
+        )
+    return StorageError(
+        f"cannot write {where or 'a file'} ({exc.strerror}); choose folders this user can write "
+        "(paths.log_dir, paths.models_dir, paths.metrics_dir, paths.plots_dir)"
+    )
+
+
+class StorageError(NnlabError):
+    """A file or folder nnlab writes that cannot be written: a full disk, no permission, no such place."""

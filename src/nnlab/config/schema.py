@@ -11,12 +11,15 @@ must come from the config) unless no config file sets it (tests/test_config.py c
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from typing import Any, get_args, get_type_hints
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from nnlab.errors import NnlabError
 
 # The keys of nnlab.models.networks.ACTIVATIONS, named here so that composing and checking a config
 # imports no torch (tests/test_startup.py checks that they agree).
@@ -28,8 +31,23 @@ TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
-class ConfigError(ValueError):
+def unknown_tracking_scheme(uri: str | None) -> str | None:
+    """The scheme of a tracking URI that MLflow cannot use (None: a known scheme, no scheme, no URI);
+    both the config's URI and MLFLOW_TRACKING_URI are checked by it."""
+    scheme = uri.split(":", 1)[0] if uri and ":" in uri else None
+    return scheme if scheme is not None and scheme not in TRACKING_SCHEMES else None
+
+
+class ConfigError(NnlabError, ValueError):
     """A config value that is unknown, of the wrong type or impossible (one-line message)."""
+
+    label = "config: "
+    exit_code = 2
+
+
+def is_int(value: object) -> bool:
+    """A whole number as YAML or NumPy gives one (int, numpy.int64, ...), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check(ok: bool, key: str, allowed: str) -> None:
@@ -310,9 +328,8 @@ class MlflowConfig:
             "mlflow.system_metrics_interval",
             f"must be > 0 seconds or null, got {self.system_metrics_interval!r}",
         )
-        scheme = self.tracking_uri.split(":", 1)[0] if self.tracking_uri and ":" in self.tracking_uri else None
         check(
-            scheme is None or scheme in TRACKING_SCHEMES,
+            unknown_tracking_scheme(self.tracking_uri) is None,
             "mlflow.tracking_uri",
             f"scheme must be one of {', '.join(TRACKING_SCHEMES)}, got {self.tracking_uri!r}",
         )

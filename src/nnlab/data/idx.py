@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnlab.config.errors import joined_lines
+from nnlab.errors import MNIST_REPAIR, NnlabError, joined_lines
 
 # Original file names, as torchvision keeps them in MNIST/raw.
 FILES = {
@@ -28,11 +28,8 @@ OFFICIAL_MD5 = {
 
 _UBYTE = 0x08
 
-# What to run when a prepared (DVC-tracked) MNIST file is bad.
-REMEDY = "re-create it with `dvc repro prepare_mnist` (or `dvc checkout data/mnist`)"
 
-
-class DataError(ValueError):
+class DataError(NnlabError, ValueError):
     """Data that is missing, corrupted or not what was expected.
 
     The message is always one line (embedded line breaks are joined with ' | '), so a
@@ -76,13 +73,13 @@ def decode(data: bytes, name: str = "IDX data", remedy: str = "") -> np.ndarray:
     return np.frombuffer(bytearray(data), dtype=np.uint8, offset=header_len).reshape(shape)  # writable copy
 
 
-def read(path: Path, remedy: str = REMEDY) -> np.ndarray:
+def read(path: Path, remedy: str = MNIST_REPAIR) -> np.ndarray:
     """The array in an IDX file; a missing, truncated or malformed file is a one-line DataError
     that names the file and ``remedy`` (by default: re-create the prepared MNIST)."""
     return decode(read_bytes(path, remedy), str(path), remedy)
 
 
-def read_bytes(path: Path, remedy: str = REMEDY) -> bytes:
+def read_bytes(path: Path, remedy: str = MNIST_REPAIR) -> bytes:
     """A prepared data file's bytes; a missing or unreadable one is a one-line DataError with ``remedy``."""
     path = Path(path)
     try:

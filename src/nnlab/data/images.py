@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from nnlab.config.errors import first_line
+from nnlab.errors import NnlabError, first_line
 
 SIZE = 28  # the field
 BOX = 20  # the longer side of the ink's bounding box
@@ -21,7 +21,7 @@ INK_LEVEL = 0.1  # after contrast stretching, fainter pixels are background
 MIN_CONTRAST = 0.05  # ink minus background, on a 0-1 scale, below which an image is blank
 
 
-class ImageError(ValueError):
+class ImageError(NnlabError, ValueError):
     """A file that cannot be turned into a digit image; ``reason`` says why in one line."""
 
     def __init__(self, path: str | Path, reason: str):

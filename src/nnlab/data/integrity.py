@@ -10,10 +10,7 @@ import hashlib
 from pathlib import Path
 
 from nnlab.data.idx import FILES, DataError
-
-# What to run when a prepared folder is corrupted or incomplete.
-MNIST_REPAIR = "run `dvc checkout data/mnist` or `dvc repro -f prepare_mnist`"
-BLOBS_REPAIR = "run `dvc repro prepare_blobs`"
+from nnlab.errors import BLOBS_REPAIR, MNIST_REPAIR
 
 # The files whose bytes make up each prepared data set, relative to its folder, sorted.
 MNIST_DATA_FILES = tuple(sorted([*(f"raw/{name}" for name in FILES.values()), "split.npz"]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,17 +23,29 @@ def results_needed(prog: str, root: Path, fix: str) -> Iterator[None]:
     try:
         yield
     except FileNotFoundError as exc:
-        from nnlab.config.errors import fail
+        from nnlab.errors import fail
 
         missing = Path(exc.filename)
         shown = missing.relative_to(root) if missing.is_relative_to(root) else missing
         fail(prog, f"{shown} is missing: {fix}")
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """``text`` into ``path`` through a temporary file beside it and a rename: a reader (or a later
+    stage) sees the old file or the whole new one, never half of it (a full disk, a kill)."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_text(text)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def write_json(path: Path, data: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    write_atomically(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: Path) -> dict:
@@ -40,7 +53,7 @@ def read_json(path: Path) -> dict:
 
 
 def write_yaml(path: Path, data: dict) -> None:
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+    write_atomically(Path(path), yaml.safe_dump(data, sort_keys=False))
 
 
 def read_training(metrics_dir: Path) -> dict:

@@ -17,6 +17,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from nnlab.errors import NnlabError
+
 HOST = "127.0.0.1"
 PG_USER = "nnlab"
 DRIVER = "postgresql+psycopg2"
@@ -30,7 +32,7 @@ DEFAULT_WEED_PORTS = (18330, 18331, 18332, 18333, 18334, 18335, 18336)
 MLFLOW_BUCKET, DVC_BUCKET = "nnlab-mlflow", "nnlab-dvc"
 
 
-class ServiceError(RuntimeError):
+class ServiceError(NnlabError, RuntimeError):
     """A service that cannot start, answer or stop: ``<service>: <reason>`` in one line."""
 
     def __init__(self, service: str, reason: str):

@@ -4,11 +4,10 @@ one is started, and the first that fails stops ``up`` with one line naming it.""
 
 from __future__ import annotations
 
-import fcntl
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
+from nnlab.config.paths import exclusive_lock
 from nnlab.services import objectstore, postgres, tracking_server
 from nnlab.services.settings import ServiceError, Settings, port_in_use
 
@@ -16,16 +15,9 @@ SERVICES = (postgres, objectstore, tracking_server)
 DVC_REMOTE = "team"
 
 
-@contextmanager
-def locked(folder: Path) -> Iterator[None]:
+def locked(folder: Path) -> AbstractContextManager[None]:
     """One ``up`` or ``down`` at a time per services folder."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / ".lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return exclusive_lock(folder / ".lock")
 
 
 def _ports_of(settings: Settings, service) -> dict[str, int]:

@@ -17,9 +17,9 @@ URI_KEYS = ("logger.mlflow.tracking_uri",)
 STORAGE_KEYS, STORAGE_ENV = ("hydra.sweeper.storage",), "NNLAB_OPTUNA_STORAGE"
 
 
-def strip_credentials(uri: str | None) -> str | None:
-    """``uri`` without its user info; a user and password found there go to the environment
-    (unless the environment already names them)."""
+def credentials_to_environment(uri: str | None) -> str | None:
+    """``uri`` without its user info; a user and password found there go to MLflow's environment
+    variables (unless the environment already names them)."""
     if not uri or "@" not in uri or "://" not in uri:
         return uri
     parts = urlsplit(uri)
@@ -43,12 +43,13 @@ def redacted(uri: str | None) -> str | None:
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
-def strip_override(override: str) -> str:
-    """A command-line override with any credentials removed from a tracking URI value, or from
-    an Optuna storage URL (which then travels in ``NNLAB_OPTUNA_STORAGE``)."""
+def override_credentials_to_environment(override: str) -> str:
+    """A command-line override with any credentials moved from a tracking URI value into MLflow's
+    environment variables, or an Optuna storage URL with a password moved whole into
+    ``NNLAB_OPTUNA_STORAGE`` (the override becomes null)."""
     key, sep, value = override.partition("=")
     if sep and key.lstrip("+~") in URI_KEYS:
-        return f"{key}={strip_credentials(value)}"
+        return f"{key}={credentials_to_environment(value)}"
     if sep and key.lstrip("+~") in STORAGE_KEYS:
         url = value.strip("'\"")
         if redacted(url) != url:

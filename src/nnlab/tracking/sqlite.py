@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from nnlab.config.paths import exclusive_lock
+
 
 def sqlite_file(url: str) -> Path | None:
     """The database file of a ``sqlite:///`` URL; None for any other database or store."""
@@ -22,12 +24,5 @@ def creation_lock(url: str) -> Iterator[Path | None]:
     if database is None:
         yield None
         return
-    import fcntl
-
-    database.parent.mkdir(parents=True, exist_ok=True)
-    with database.with_name(database.name + ".lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield database
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with exclusive_lock(database.with_name(database.name + ".lock")):
+        yield database

@@ -9,8 +9,7 @@ from __future__ import annotations
 import os
 import random
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -21,11 +20,13 @@ from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig
 from torch import nn
 
+from nnlab import slurm_job
 from nnlab.models.checkpoint import CONFIG_KEY, PROCESS_KEY, RUN_ID_KEY, process_identity
 from nnlab.models.module import Classifier
 from nnlab.models.networks import count_parameters
 from nnlab.models.summary import format_summary, summarize
 from nnlab.training import blocks, numpy_loop
+from nnlab.training.checkpoint_io import AtomicCheckpointIO
 from nnlab.training.history import EpochHistory
 
 # config.yaml is written into the checkpoint folder before Lightning's first checkpoint.
@@ -100,25 +101,33 @@ class LastCheckpoint(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module):
         partial = self.path.with_name(self.path.name + ".partial")
-        trainer.save_checkpoint(partial, weights_only=False)
+        try:
+            trainer.save_checkpoint(partial, weights_only=False)
+            if trainer.is_global_zero:
+                os.replace(partial, self.path)
+        finally:
+            partial.unlink(missing_ok=True)
         if trainer.is_global_zero:
-            os.replace(partial, self.path)
             self.history.flush()
 
 
-@dataclass
 class Fitter:
-    """One way of training: facts about its network, and ``fit()`` returning (the best network
-    in eval mode, its checkpoint), or None off rank 0."""
+    """One way of training a configured network. Before training it describes the network
+    (``parameters``, ``summary_text``) and where it runs; ``fit()`` returns (the best network in
+    eval mode, its checkpoint), or None off rank 0. ``fitter_for`` picks the way."""
 
     parameters: int
     summary_text: str
-    accelerator: str
-    device: str
-    is_global_zero: bool
-    fit: Callable[[], tuple[nn.Module, Path] | None]
-    loggable: bool = True  # mlflow.pytorch.log_model can save it
-    set_run_id: Callable[[str], None] = lambda run_id: None  # written into every checkpoint
+    accelerator: str = "cpu"
+    device: str = "cpu"
+    is_global_zero: bool = True
+    loggable: bool = True  # mlflow.pytorch.log_model can save the network
+
+    def set_run_id(self, run_id: str) -> None:
+        """The MLflow run this training records into (written into its checkpoints)."""
+
+    def fit(self) -> tuple[nn.Module, Path] | None:
+        raise NotImplementedError
 
 
 def fitter_for(
@@ -131,13 +140,13 @@ def fitter_for(
 ) -> Fitter:
     """``extra_callbacks`` join the Lightning trainer's (an Optuna trial's pruning); the NumPy loop takes none."""
     if cfg.model._target_ == numpy_loop.TARGET:
-        return _numpy_fitter(cfg, datamodule, history, models_dir)
-    return _lightning_fitter(cfg, resolved, datamodule, history, models_dir, extra_callbacks)
+        return NumpyFitter(cfg, datamodule, history, models_dir)
+    return LightningFitter(cfg, resolved, datamodule, history, models_dir, extra_callbacks)
 
 
-def _callbacks(cfg: DictConfig, resolved: dict, history: EpochHistory, models_dir: Path) -> list[L.Callback]:
-    """history and config-in-checkpoint (always), then the configured ``callbacks`` group."""
-    callbacks = [history, RunStateInCheckpoint(resolved), LastCheckpoint(models_dir / "last.ckpt", history)]
+def configured_callbacks(cfg: DictConfig, models_dir: Path) -> list[L.Callback]:
+    """The config's ``callbacks`` group (the checkpoint into ``models_dir``; the bar only when shown)."""
+    callbacks = []
     for name, spec in (cfg.get("callbacks") or {}).items():
         if spec is None:
             continue
@@ -178,27 +187,62 @@ def lightning_loggers(cfg: DictConfig, run_folder: Path) -> list:
     return loggers
 
 
-def _lightning_fitter(
-    cfg: DictConfig,
-    resolved: dict,
-    datamodule,
-    history: EpochHistory,
-    models_dir: Path,
-    extra_callbacks: Sequence[L.Callback] = (),
-) -> Fitter:
-    if cfg.trainer.deterministic and torch.cuda.is_available():
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    callbacks = [*_callbacks(cfg, resolved, history, models_dir), *extra_callbacks]
-    run_state = next(c for c in callbacks if isinstance(c, RunStateInCheckpoint))
-    loggers = lightning_loggers(cfg, models_dir.parent)
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=cfg.paths.log_dir)
-    module = build_module(cfg, blocks.use_blocks(cfg, trainer, datamodule))
-    last = models_dir / "last.ckpt"
+class LightningFitter(Fitter):
+    """Lightning's Trainer with nnlab's module: the history, the run state and last.ckpt in every
+    checkpoint, then the configured callbacks and ``extra_callbacks``."""
 
-    def fit():
+    def __init__(
+        self,
+        cfg: DictConfig,
+        resolved: dict,
+        datamodule,
+        history: EpochHistory,
+        models_dir: Path,
+        extra_callbacks: Sequence[L.Callback] = (),
+    ):
+        if cfg.trainer.deterministic and torch.cuda.is_available():
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        self.run_state = RunStateInCheckpoint(resolved)
+        callbacks = [
+            history,
+            self.run_state,
+            LastCheckpoint(models_dir / "last.ckpt", history),
+            *configured_callbacks(cfg, models_dir),
+            *extra_callbacks,
+        ]
+        loggers = lightning_loggers(cfg, models_dir.parent)
+        self.trainer = instantiate(
+            cfg.trainer,
+            callbacks=callbacks,
+            logger=loggers or False,
+            default_root_dir=cfg.paths.log_dir,
+            # in a Slurm job: no mid-epoch checkpoints in logs/; everywhere: no half-written checkpoint
+            plugins=[*slurm_job.lightning_plugins(), AtomicCheckpointIO()],
+        )
+        self.datamodule = datamodule
+        self.module = build_module(cfg, blocks.use_blocks(cfg, self.trainer, datamodule))
+        self.resume_from = models_dir / "last.ckpt" if cfg.resume else None
+        self.parameters = count_parameters(self.module.net)
+        self.summary_text = format_summary(
+            summarize(self.module.net, cfg.data.input_shape), type(self.module.net).__name__
+        )
+        self.accelerator = type(self.trainer.accelerator).__name__.removesuffix("Accelerator").lower()
+        self.device = torch.cuda.get_device_name(0) if self.accelerator == "cuda" else self.accelerator
+        self.is_global_zero = self.trainer.is_global_zero
+
+    def set_run_id(self, run_id: str) -> None:
+        self.run_state.run_id = run_id
+
+    def fit(self) -> tuple[nn.Module, Path] | None:
+        trainer, module = self.trainer, self.module
         try:
             # weights_only: tensors and plain values, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says
-            trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if cfg.resume else None, weights_only=True)
+            trainer.fit(
+                module,
+                datamodule=self.datamodule,
+                ckpt_path=self.resume_from and str(self.resume_from),
+                weights_only=True,
+            )
         except SystemExit:  # Lightning turns Ctrl-C into exit code 1: keep it an interrupt
             if trainer.interrupted:
                 raise KeyboardInterrupt("training interrupted") from None
@@ -209,31 +253,23 @@ def _lightning_fitter(
         module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
         return module.net.cpu().eval(), best
 
-    accelerator = type(trainer.accelerator).__name__.removesuffix("Accelerator").lower()
-    device = torch.cuda.get_device_name(0) if accelerator == "cuda" else accelerator
-    summary = format_summary(summarize(module.net, cfg.data.input_shape), type(module.net).__name__)
-    return Fitter(
-        count_parameters(module.net),
-        summary,
-        accelerator,
-        device,
-        trainer.is_global_zero,
-        fit,
-        set_run_id=lambda run_id: setattr(run_state, "run_id", run_id),
-    )
 
+class NumpyFitter(Fitter):
+    """The NumPy network's own loop (E4), on the CPU; its best weights go to best.npz."""
 
-def _numpy_fitter(cfg: DictConfig, datamodule, history: EpochHistory, models_dir: Path) -> Fitter:
-    probe = instantiate(cfg.model)
+    loggable = False  # not a torch module: mlflow.pytorch cannot save it
 
-    def fit():
-        mlp, _ = numpy_loop.fit(cfg, datamodule, history.record)
-        path = models_dir / "best.npz"
+    def __init__(self, cfg: DictConfig, datamodule, history: EpochHistory, models_dir: Path):
+        probe = instantiate(cfg.model)
+        self.cfg, self.datamodule, self.history, self.models_dir = cfg, datamodule, history, models_dir
+        self.parameters = probe.parameter_count()
+        self.summary_text = format_summary(numpy_loop.summary_rows(probe), "NumpyMLP")
+
+    def fit(self) -> tuple[nn.Module, Path]:
+        mlp, _ = numpy_loop.fit(self.cfg, self.datamodule, self.history.record)
+        path = self.models_dir / "best.npz"
         np.savez(path, **mlp.state_dict())
         return numpy_loop.NumpyAsTorch(mlp), path
-
-    summary = format_summary(numpy_loop.summary_rows(probe), "NumpyMLP")
-    return Fitter(probe.parameter_count(), summary, "cpu", "cpu", True, fit, loggable=False)
 
 
 def run_summary(cfg: DictConfig, history: EpochHistory, parameters: int, seconds: float) -> dict:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning as L
 
+from nnlab.errors import NnlabError
 from nnlab.report.tables import write_rows
 
 COLUMNS = (
@@ -24,7 +25,7 @@ COLUMNS = (
 )
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(NnlabError, RuntimeError):
     """The loss became nan or inf: the run stops and ends FAILED, and no model is logged."""
 
 

@@ -23,6 +23,8 @@ import ctypes
 import os
 import sys
 
+from omegaconf import DictConfig
+
 M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's maximum (on 64-bit)
@@ -57,3 +59,28 @@ def stop_cuda_probing() -> bool:
 def prepare_training_process() -> None:
     reuse_freed_memory()
     stop_cuda_probing()
+
+
+def prepare_run(cfg: DictConfig, overrides: list[str] | None) -> list[str]:
+    """Everything a training settles before it builds anything, in one step: the process (above),
+    the config checked, ``auto`` precision resolved to what it means on this machine (recorded as
+    such), credentials moved out of the tracking URI and the overrides into the environment (never
+    into a file), and the seed. Returns the overrides as they may be recorded."""
+    import lightning as L
+
+    from nnlab.config.paths import register_resolvers
+    from nnlab.config.schema import validate
+    from nnlab.tracking.credentials import credentials_to_environment, override_credentials_to_environment
+    from nnlab.training import precision
+    from nnlab.training.numpy_loop import refuse_unused_choices
+
+    prepare_training_process()
+    register_resolvers()  # ${nnlab_root:} also in a launcher's worker process
+    validate(cfg)
+    refuse_unused_choices(cfg)  # the NumPy network's run records only what it uses
+    precision.check_device(cfg.trainer)  # a GPU that is absent, fp16 that the CPU would train in bf16
+    precision.resolve(cfg.trainer)
+    if cfg.logger.get("mlflow"):
+        cfg.logger.mlflow.tracking_uri = credentials_to_environment(cfg.logger.mlflow.tracking_uri)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    return [override_credentials_to_environment(o) for o in overrides or []]
