@@ -7,7 +7,7 @@ every stage command, and a cold and a warm ``dvc repro`` of a small configuratio
 its own process; repetitions are interleaved; the tables give the median (min–max). Writes
 reports/bench.json and reports/bench.md. Needs the prepared MNIST (``dvc repro prepare_mnist``).
 
-    python -m nnlab.bench                          # everything (about 15 minutes on 2 cores)
+    python -m nnlab.bench                          # everything (the longest: whole epochs and dvc repro)
     python -m nnlab.bench --quick                  # 150 steps per run, 2 repetitions, no dvc repro
     python -m nnlab.bench --models mlp --repeats 5 --parts training
 """

@@ -13,12 +13,15 @@ import numpy as np
 from nnlab.config.params import parser
 from nnlab.config.paths import find_root
 from nnlab.data import mnist
+from nnlab.errors import NnlabError, report
 from nnlab.models import activations
 from nnlab.models.numpy_mlp import NumpyMLP
 from nnlab.report import plots
 from nnlab.report.tables import console
 
 NETWORKS = {"E4: 784-128-64-10": (128, 64), "deeper: 784-(64 x 6)-10": (64,) * 6}
+
+PROG = "nnlab.teaching"
 
 
 def gradient_norms(x: np.ndarray, y: np.ndarray) -> dict[str, list[float]]:
@@ -71,7 +74,10 @@ def main(argv: list[str] | None = None) -> None:
     root = find_root()
     out = args.out or root / "reports"
     out.mkdir(parents=True, exist_ok=True)
-    images, labels = mnist.load(root / "data" / "mnist")["train"]
+    try:
+        images, labels = mnist.load(root / "data" / "mnist")["train"]
+    except NnlabError as exc:
+        report(PROG, exc)
     n = min(1000, len(images))
     norms = gradient_norms(images[:n].reshape(n, -1) / 255.0, labels[:n].astype(np.int64))
     plots.activation_functions(activations, out / "activations.png")

@@ -3,7 +3,7 @@
 No per-sample transforms and no per-sample collate: a batch is one fancy-indexing of a
 tensor, which keeps a small MLP epoch close to a plain PyTorch loop. nnlab.data.modules makes
 them Lightning data modules for training; evaluation uses them as they are (``plain_data``), so
-that the evaluate stage does not spend 2.5 s importing Lightning.
+that the evaluate stage does not spend seconds importing Lightning.
 """
 
 from __future__ import annotations
@@ -105,7 +105,6 @@ class TensorBatches:
         for start in range(0, end, size):
             batch = order[start : min(start + size, end)]
             # index_select, not self.x[batch]: the same copy, several times faster on the CPU
-            # (128 MNIST images cut and scaled: 0.05-0.09 instead of 0.18 ms, README's script)
             x = self.scale(self.x.index_select(0, batch))
             if self.shift:  # batch by batch: each draws its offsets as it would on its own
                 x = torch.cat([random_shift(part, self.shift, self.fill, gen) for part in x.split(self.batch_size)])

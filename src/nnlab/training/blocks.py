@@ -1,8 +1,8 @@
 """Blocks: several optimizer steps per Lightning training batch (``steps_per_call``).
 
-Lightning's loop costs about half a millisecond per training batch on the 2-core CPU (hook
-dispatch to the module and every callback, the optimizer closure, strategy and precision
-wrappers, progress counters), as much as a small MLP's whole step. With blocks the data module
+Lightning's loop has a fixed cost per training batch (hook dispatch to the module and every
+callback, the optimizer closure, strategy and precision wrappers, progress counters), which on
+a CPU is as much as a small MLP's whole step (reports/bench.md has the figures). With blocks the data module
 hands Lightning ``steps_per_call`` batches at a time and nnlab.models.module.Classifier takes
 one optimizer step per batch itself, in the order Lightning would, so the training is the same
 bit for bit (tests/test_blocks.py) and Lightning's per-batch cost is paid once per block.

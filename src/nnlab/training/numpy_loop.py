@@ -72,7 +72,7 @@ def fit(cfg: DictConfig, datamodule, on_epoch) -> tuple[NumpyMLP, list[dict]]:
     mlp = instantiate(cfg.model)
     rng = np.random.default_rng(cfg.seed)
     rows, best, best_state = [], float("inf"), mlp.state_dict()
-    # One BLAS thread: per-sample steps are tiny, and threads only fight over 2 cores.
+    # One BLAS thread: per-sample steps are tiny, and threads only fight over the cores.
     with threadpool_limits(limits=1):
         for epoch in range(1, cfg.trainer.max_epochs + 1):
             started = time.perf_counter()

