@@ -66,7 +66,7 @@ def sweep_problem(overrides: list[str]) -> str | None:
     fixed = [text for text, o in zip(overrides, parsed) if not o.is_sweep_override()]
     for o in parsed:
         kind = o.key_or_group.removeprefix("hydra/sweeper/")
-        if kind in TABLES and o.value() not in TABLES[kind]:
+        if kind in TABLES and not o.is_sweep_override() and o.value() not in TABLES[kind]:
             return choice_error(kind, str(o.value()))
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
