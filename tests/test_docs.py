@@ -241,6 +241,16 @@ def test_every_entry_point_shown_has_help(module):
     assert module in result.stdout
 
 
+def test_the_configuration_pages_error_line_is_the_real_one(composer):
+    """docs/configuration.md quotes the line a bad value gets: the schema's message as it is."""
+    from nnlab.errors import NnlabError
+
+    with pytest.raises(NnlabError) as caught:
+        composer(["optimizer.lr=-1"])
+    line = f"nnlab.train: error: config: {caught.value}"
+    assert line in (REPO / "docs" / "configuration.md").read_text(), line
+
+
 # ---- docs/extending.md, followed literally -----------------------------------------------------
 
 
