@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -15,6 +18,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from hydra_plugins.nnlab_optuna_sweeper._space import search_space
@@ -26,7 +30,7 @@ from hydra_plugins.nnlab_optuna_sweeper.study import (
     resolve_storage,
 )
 from nnlab.data import blobs
-from nnlab.tracking.credentials import STORAGE_ENV, redacted, strip_override
+from nnlab.tracking.credentials import STORAGE_ENV, override_credentials_to_environment, redacted
 
 from helpers import REPO, venv_env
 
@@ -94,8 +98,24 @@ def test_six_trials_on_two_joblib_workers_then_three_more_continue_the_study(tmp
     assert f"best trial {s.best_trial.number}: val_loss = " in first.stdout
     report = (project / "reports" / "search" / "blobs_optuna.md").read_text()
     assert f"Trial {s.best_trial.number}: **val_loss = {s.best_value:.6g}**" in report
+    # the report's links name the plots where the parent run's artifacts keep them
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "search")}
-    assert {"search/blobs_optuna.md", "search/history.png", "search/parallel_coordinates.png"} <= logged
+    assert logged == {"search/blobs_optuna.md", "search/blobs_optuna"}
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "search/blobs_optuna")}
+    assert {"search/blobs_optuna/history.png", "search/blobs_optuna/parallel_coordinates.png"} <= plots
+    assert "![history](blobs_optuna/history.png)" in report
+    # nothing of this machine in a report that may be committed: no absolute path, no run id
+    assert str(project) not in report and not re.search(r"[0-9a-f]{32}", report)
+    assert "| storage | `sqlite:///optuna.db` |" in report
+    # a question with an answer: no loss of 0, no tie for the best
+    values = sorted(t.value for t in s.trials if t.state == TrialState.COMPLETE)
+    assert values[0] > 0 and (len(values) == 1 or values[0] < values[1])
+    # names people read: the objective in Optuna's dashboard, the runs in MLflow; one owner of best
+    assert s.metric_names == ["val_loss"]
+    assert parent.info.run_name == "search: blobs_optuna"
+    assert sorted(k.info.run_name for k in kids) == [f"trial {n}" for n in range(6)]
+    assert parent.data.tags["mlflow.user"] and parent.data.tags["mlflow.source.name"] == "nnlab.train"
+    assert "best_child" not in parent.data.tags and "best_child_val_acc" not in parent.data.metrics
     # each trial in its own folder; two jobs on this machine's cores: torch threads split between them
     folder = next((project / "logs" / "multirun").rglob(f"trial_{s.best_trial.number}"))
     assert s.best_trial.user_attrs["run_dir"] == str(folder)
@@ -222,12 +242,35 @@ def test_submitit_local_runs_two_trials_and_tracks_them(tmp_path):
             "optimizer.lr=tag(log,interval(0,0.1)): tag(log, interval(0, 0.1)) needs low > 0 (a log scale), got 0",
         ),
         ("optimiser.lr=interval(0.01,0.1)", "optimiser.lr: cannot be set (Could not override 'optimiser.lr'."),
+        # sweeper settings: one line of nnlab's, not Hydra's advice to add '+', never ignored
+        (
+            "hydra.sweeper.n_trail=3",
+            "config: hydra.sweeper.n_trail: the Optuna sweeper has no such setting; did you mean n_trials? allowed: ",
+        ),
+        (
+            "+hydra.sweeper.n_trail=1",
+            "config: hydra.sweeper.n_trail: the Optuna sweeper has no such setting; did you mean n_trials? allowed: ",
+        ),
+        ("optimizer.lr=choice()", "config: optimizer.lr=choice(): empty choice is not legal"),
+        (
+            "hydra/sweeper/sampler=annealing",
+            "config: hydra/sweeper/sampler=annealing: unknown sampler; allowed: tpe, random, cmaes, qmc, gp, nsgaii",
+        ),
+        # a space none of whose values passes the config check: before the first trial, not 4 failed trials
+        (
+            "optimizer.lr=choice(-4,0)",
+            "optimizer.lr: no value of the search space passes the config check "
+            "(config: optimizer.lr: must be > 0, got -4.0)",
+        ),
     ],
 )
 def test_a_bad_search_space_stops_with_one_line(tmp_path, argument, message):
-    run = search(make_project(tmp_path), argument, "logger=none")
+    project = make_project(tmp_path)
+    run = search(project, argument, "logger=none")
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1].startswith(f"nnlab.train: error: {message}")
+    assert "Traceback" not in run.stderr and "HYDRA_FULL_ERROR" not in run.stderr
+    assert not (project / "optuna.db").exists() or not study(project, "blobs_optuna").trials
 
 
 def test_the_search_space_reads_hydras_override_grammar():
@@ -309,12 +352,15 @@ def test_the_storage_is_the_config_else_the_environment_else_optuna_db_at_the_ro
 
 
 def test_a_storage_password_never_reaches_the_config(monkeypatch):
-    monkeypatch.setenv(STORAGE_ENV, "")  # restored after the test, whatever strip_override sets
+    monkeypatch.setenv(STORAGE_ENV, "")  # restored after the test, whatever override_credentials_to_environment sets
     monkeypatch.delenv(STORAGE_ENV)
     url = "postgresql://nnlab:s3cret@db.example:5432/optuna"
-    assert strip_override(f"hydra.sweeper.storage={url}") == "hydra.sweeper.storage=null"
+    assert override_credentials_to_environment(f"hydra.sweeper.storage={url}") == "hydra.sweeper.storage=null"
     assert os.environ[STORAGE_ENV] == url
-    assert strip_override("hydra.sweeper.storage=sqlite:///optuna.db") == "hydra.sweeper.storage=sqlite:///optuna.db"
+    assert (
+        override_credentials_to_environment("hydra.sweeper.storage=sqlite:///optuna.db")
+        == "hydra.sweeper.storage=sqlite:///optuna.db"
+    )
     assert redacted(url) == "postgresql://db.example:5432/optuna"
 
 
@@ -339,3 +385,119 @@ def test_the_search_configs_and_the_slurm_launcher_compose():
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher.partition, launcher.gpus_per_task, launcher.cpus_per_task, launcher.mem_gb) == ("gpu", 1, 8, 32)
     assert launcher.timeout_min == 60 and launcher.array_parallelism == 8
+
+
+def running_trial_pid(project: Path, number: int, deadline: float) -> int:
+    """The process id of the job that runs trial ``number`` (its MLflow run's nnlab.pid), once it
+    trains."""
+    from nnlab.tracking.run import store_lock
+
+    uri, client = f"sqlite:///{project / 'mlflow.db'}", None
+    while time.monotonic() < deadline:
+        if client is None and (project / "mlflow.db").exists():
+            with store_lock(uri):  # the search may be creating the store: never migrate it twice at once
+                client = MlflowClient(tracking_uri=uri)
+        if client is not None:
+            experiments = [e.experiment_id for e in client.search_experiments()]
+            runs = client.search_runs(
+                experiments, filter_string=f"tags.optuna_trial = '{number}' and attributes.status = 'RUNNING'"
+            )
+            if runs and "nnlab.pid" in runs[0].data.tags:
+                return int(runs[0].data.tags["nnlab.pid"])
+        time.sleep(0.5)
+    raise AssertionError(f"trial {number} never started training")
+
+
+@pytest.mark.slow  # two joblib pools start (the second after the first is broken): about two minutes
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_sigkilled_joblib_worker_fails_and_retries_its_trial_and_the_search_goes_on(tmp_path):
+    """joblib (loky) stops every worker of its pool when one dies: the trials beside the killed one
+    are lost with it. Each lost trial is found by its stopped heartbeat, marked FAIL and run again
+    with the same values; the study asked for 2 trials ends with 2 finished and none RUNNING."""
+    project = make_project(tmp_path)
+    proc = search(
+        project,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.study_name=killed",
+        "hydra.sweeper.heartbeat_interval=1",
+        "hydra.sweeper.grace_period=2",
+        "hydra/sweeper/pruner=none",
+        "trainer.max_epochs=12",
+        "data.batch_size=16",
+        wait=False,
+    )
+    pid = running_trial_pid(project, 0, time.monotonic() + 300)
+    os.kill(pid, signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr and "TerminatedWorkerError" in stderr
+    [warning] = [line for line in stderr.splitlines() if "a worker died while running trials" in line]
+    assert warning.startswith("nnlab.train: warning: a worker died while running trials (TerminatedWorkerError")
+    s = study(project, "killed")
+    states = {t.number: t.state for t in s.trials}
+    assert states[0] == TrialState.FAIL
+    assert TrialState.RUNNING not in states.values() and TrialState.WAITING not in states.values()
+    finished = [t for t in s.trials if t.state == TrialState.COMPLETE]
+    assert len(finished) == 2
+    retries = {RetryHeartbeatStaleTrialCallback.retried_trial_number(t): t for t in s.trials if t.number >= 2}
+    assert 0 in retries and retries[0].params == s.trials[0].params  # the killed trial, run again
+    assert "lost with their process and run again" in stdout
+    client, [parent], children = tracked(project, "killed")
+    assert parent.info.status == "FINISHED" and parent.data.tags["trials_lost"] == str(len(retries))
+    kids = {int(k.data.tags["optuna_trial"]): k for k in children[parent.info.run_id]}
+    assert kids[0].info.status == "KILLED" and "no heartbeat" in kids[0].data.tags["killed_reason"]
+    assert all(kids[t.number].info.status == "FINISHED" for t in finished)
+    assert kids[0].info.run_name == "trial 0"
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_killed_search_is_repaired_and_reported_by_the_next_one(tmp_path):
+    """SIGKILL of a whole search (its process and the trial it runs) leaves the trial and the
+    parent run RUNNING; the next search of the study marks them, each in one line, and runs the
+    lost trial again with its values."""
+    project = make_project(tmp_path)
+    settings = ("hydra.sweeper.study_name=dead", "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2")
+    first = search(project, *settings, "hydra.sweeper.n_trials=3", "trainer.max_epochs=40", wait=False)
+    running_trial_pid(project, 0, time.monotonic() + 300)
+    first.send_signal(signal.SIGKILL)  # the basic launcher runs the trial in the search's own process
+    first.communicate(timeout=60)
+    assert study(project, "dead").trials[0].state == TrialState.RUNNING
+    time.sleep(3)  # longer than the grace period: the trial's heartbeat has stopped
+    again = search(project, *settings, "hydra.sweeper.n_trials=1", "trainer.max_epochs=2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    lines = again.stdout.splitlines()
+    assert (
+        "nnlab.train: trial 0 was left RUNNING by a search that stopped; marked FAIL; it is run again with the same values"
+        in lines
+    )
+    [parent_line] = [line for line in lines if "was left RUNNING by a sweep that died; marked KILLED" in line]
+    s = study(project, "dead")
+    assert [t.state for t in s.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert s.trials[1].params == s.trials[0].params
+    client, [dead, alive], children = tracked(project, "dead")
+    assert dead.info.status == "KILLED" and dead.info.run_id in parent_line
+    assert alive.info.status == "FINISHED" and alive.data.tags["optuna_trials_before"] == "2"  # with the retry
+    [lost] = children[dead.info.run_id]
+    assert lost.info.status == "KILLED" and lost.info.run_name == "trial 0"
+    assert [k.info.status for k in children[alive.info.run_id]] == ["FINISHED"]
+
+
+def test_a_grid_sweeps_jobs_are_named_by_their_values_and_its_parent_owns_best_child(tmp_path):
+    project = make_project(tmp_path)
+    env = venv_env(NNLAB_ROOT=str(project), MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}")
+    command = [sys.executable, "-m", "nnlab.train", "-m", "experiment=blobs_linear", "trainer=cpu"]
+    command += ["trainer.max_epochs=1", "logger.mlflow.log_model=false", "optimizer.lr=0.01,0.1"]
+    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    [parent] = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_name for r in children) == ["optimizer.lr=0.01", "optimizer.lr=0.1"]
+    assert parent.info.run_name == "sweep: blobs_linear" and parent.info.status == "FINISHED"
+    assert parent.data.tags["mlflow.user"] and parent.data.tags["mlflow.source.name"] == "nnlab.train"
+    best = max(children, key=lambda r: r.data.metrics["best_val_acc"])
+    assert parent.data.tags["best_child"] == best.info.run_id
+    assert "best_trial" not in parent.data.tags and "best_value" not in parent.data.metrics
