@@ -4,6 +4,7 @@ Searches, sweeps and trainings go through sbatch and srun on the blobs; sacct is
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -239,3 +240,66 @@ def test_a_grid_sweep_runs_every_job_through_sbatch(cluster, project):
     assert sorted(k.data.params["optimizer.lr"] for k in kids) == ["0.01", "0.1"]
     assert all(k.info.status == "FINISHED" and k.data.metrics["test_acc"] > 0.5 for k in kids)
     assert parent.info.status == "FINISHED"
+
+
+# ---- one run under srun: data-parallel over two tasks ------------------------------------------
+
+DDP = ("experiment=blobs_linear", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=2")
+
+
+def run_folders(project: Path, name: str) -> list[Path]:
+    return sorted(p for p in (project / "logs" / "runs" / name).iterdir() if p.is_dir())
+
+
+def test_srun_with_two_tasks_trains_one_run_like_lightnings_own_ddp(cluster, project):
+    env = slurm_env(cluster, NNLAB_ROOT=str(project), MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}")
+    command = [sys.executable, "-m", "nnlab.train", *DDP, "trainer.enable_progress_bar=false"]
+    srun = ["srun", "--ntasks-per-node=2", "--cpus-per-task=1", "-J", "ddp_srun"]
+    under_srun = subprocess.Popen(
+        [*srun, *command, "name=ddp_srun"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    own = subprocess.run([*command, "name=ddp_own"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out, err = under_srun.communicate(timeout=600)
+    assert under_srun.returncode == 0, err[-3000:]
+    assert own.returncode == 0, own.stderr[-3000:]
+    assert "srun` command is available" not in own.stderr + err  # Lightning's hint, silenced
+
+    [folder] = run_folders(project, "ddp_srun")  # both tasks wrote into one folder
+    assert folder.name.startswith("slurm-") and folder.name.endswith(".0")
+    assert sorted(p.name for p in (folder / "models").glob("*.ckpt")) == ["best.ckpt"]
+    [own_folder] = run_folders(project, "ddp_own")
+    test_json = json.loads((folder / "metrics" / "test.json").read_text())
+    assert test_json == json.loads((own_folder / "metrics" / "test.json").read_text())
+    assert (folder / "plots" / "history.csv").read_text().count("\n") == 3  # header + 2 epochs
+
+    mlflow, runs = mlflow_runs(project, "tags.experiment = 'ddp_srun'")
+    [run] = runs
+    assert run.info.status == "FINISHED" and run.data.tags["slurm_restart_count"] == "0"
+    assert run.data.tags["slurm_job_id"] == folder.name.removeprefix("slurm-").removesuffix(".0")
+    assert [m.step for m in mlflow.get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
+    assert run.data.metrics["test_acc"] == test_json["test_acc"]
+
+
+def test_submitit_with_two_tasks_per_node_trains_one_run(cluster, project):
+    started = time.time()
+    run = train(
+        cluster,
+        project,
+        "-m",
+        *DDP,
+        "name=ddp_submitit",
+        *CPU_JOB,
+        "hydra.launcher.tasks_per_node=2",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    [(job, (_, state))] = finished_jobs(cluster, started, 1).items()
+    assert state == "COMPLETED"
+    [folder] = (project / "logs" / "multirun" / "ddp_submitit").glob("*/0")
+    assert sorted(p.name for p in (folder / "models").glob("*.ckpt")) == ["best.ckpt"]
+    [own_folder] = run_folders(project, "ddp_own")
+    assert json.loads((folder / "metrics" / "test.json").read_text()) == json.loads(
+        (own_folder / "metrics" / "test.json").read_text()
+    )
+    _, [parent] = mlflow_runs(project, "attributes.run_name = 'sweep: ddp_submitit'")
+    _, [child] = mlflow_runs(project, f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert child.info.status == "FINISHED" and child.data.tags["slurm_job_id"] == job

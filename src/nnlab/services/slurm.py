@@ -19,7 +19,6 @@ only as themselves).
 
 from __future__ import annotations
 
-import fcntl
 import getpass
 import os
 import secrets
@@ -28,11 +27,11 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+from nnlab.config.paths import exclusive_lock
 from nnlab.services.process import PidFile, log_hint, spawn, wait_until
 from nnlab.services.settings import HOST, ServiceError, free_port, port_in_use, read_env_file
 
@@ -62,6 +61,7 @@ PACKAGES = {
     "scontrol": "slurm-client",
 }
 START_TIMEOUT = 60
+CRED_EXPIRE = 10
 IDLE_TIMEOUT = 60
 
 
@@ -209,7 +209,9 @@ SlurmUser={user}
 SlurmdUser={user}
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={cluster.munge_socket}
+# cred_expire: a step's credential lifetime, and how long a requeued job waits before it
+# starts again (120 s by default).
+AuthInfo=socket={cluster.munge_socket},cred_expire={CRED_EXPIRE}
 StateSaveLocation={d}/state
 SlurmdSpoolDir={d}/spool/%n
 SlurmctldPidFile={d}/run/slurmctld.pid
@@ -483,16 +485,9 @@ def wait_idle(cluster: Cluster, timeout: float = IDLE_TIMEOUT) -> str:
     )
 
 
-@contextmanager
-def locked(folder: Path) -> Iterator[None]:
+def locked(folder: Path) -> AbstractContextManager[None]:
     """One ``up`` or ``down`` at a time per cluster folder."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / ".lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return exclusive_lock(folder / ".lock")
 
 
 def up(folder: Path) -> list[str]:

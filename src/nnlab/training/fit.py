@@ -106,7 +106,8 @@ class LastCheckpoint(L.Callback):
             if trainer.is_global_zero:
                 os.replace(partial, self.path)
         finally:
-            partial.unlink(missing_ok=True)
+            if trainer.is_global_zero:  # rank 0 writes the file: another rank would remove it under it
+                partial.unlink(missing_ok=True)
         if trainer.is_global_zero:
             self.history.flush()
 
