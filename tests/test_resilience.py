@@ -637,3 +637,145 @@ def test_the_numpy_network_records_the_precision_it_computes_in(compose, project
         )
     )
     assert yaml.safe_load((project / "models" / "np" / "config.yaml").read_text())["trainer"]["precision"] == "32-true"
+
+
+# ---------------------------------------------------------------- full disks, unwritable places
+
+BIG_BLOBS = [  # a checkpoint of 3.2 MB (weights and Adam's state): a few MB of disk fill up
+    "data=blobs",
+    "model=mlp",
+    "model.hidden_sizes=[512,512]",
+    "trainer=cpu",
+    "trainer.max_epochs=2",
+    "trainer.enable_progress_bar=false",
+    "logger.mlflow.log_model=false",
+    "name=disk",
+]
+
+
+def _in_small_filesystem(mountpoint, size: str, script: str) -> subprocess.CompletedProcess:
+    """Run the bash ``script`` with a new tmpfs of ``size`` mounted at ``mountpoint`` in a mount
+    namespace of its own: a real file system that fills up, gone when the script ends. A user
+    namespace maps the caller to root there, so it needs no privileges outside."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    mount = f"mount -t tmpfs -o size={size} tmpfs {mountpoint}"
+    return subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "bash", "-c", f"{mount} && {script}"],
+        capture_output=True,
+        text=True,
+        env=venv_env(),
+        timeout=300,
+    )
+
+
+def _new_store(uri: str) -> None:
+    MlflowClient(tracking_uri=uri).search_experiments()  # created now: no migration chatter later
+
+
+def test_a_full_disk_under_the_run_folder_is_one_line_and_leaves_no_half_written_checkpoint(project, tmp_path):
+    small, uri = tmp_path / "small", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _new_store(uri)
+    command = " ".join([sys.executable, "-m", "nnlab.train", *BIG_BLOBS, f"paths.log_dir={small}/logs"])
+    environment = f"NNLAB_ROOT={project} MLFLOW_TRACKING_URI={uri}"
+    proc = _in_small_filesystem(
+        small, "4m", f"cd {project} && {environment} {command}; echo rc=$?; echo '--- files'; find {small} -type f"
+    )
+    out, files = proc.stdout.split("--- files\n")
+    assert "rc=1" in out, proc.stderr[-3000:]
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("nnlab.train: error: no space left on the disk of ") and "best.ckpt" in line, line
+    assert line.endswith("nothing half-written was kept as a result")
+    names = [f.rsplit("/", 1)[1] for f in files.split()]
+    assert "last.ckpt" in names  # the last whole epoch: resume=true continues from it
+    assert "best.ckpt" not in names and not [n for n in names if n.endswith(".partial")], names
+    assert "train.json" not in names  # nothing a later step could take for a result
+    client, [run] = _runs(uri, "disk")
+    assert run.info.status == "FAILED" and "No space left on device" in run.data.tags["error"]
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        (
+            "1m",  # full before the store's tables are written
+            "tracking store sqlite:///{store}/mlflow.db cannot be used: database or disk is full; "
+            "free space on its disk or point MLFLOW_TRACKING_URI elsewhere",
+        ),
+        (
+            "3m",  # full when the run's checkpoint is copied into its artifacts
+            "tracking store sqlite:///{store}/mlflow.db could not store the run's artifacts (No space left on "
+            "device); free space on its disk or point MLFLOW_TRACKING_URI elsewhere",
+        ),
+    ],
+    ids=["store", "artifacts"],
+)
+def test_a_full_disk_under_the_tracking_store_is_one_line_and_leaves_no_run_running(project, tmp_path, size, message):
+    """The embedded store (mlflow.db and mlartifacts/ at the project's root) on a small disk."""
+    store = tmp_path / "small"
+    command = " ".join([sys.executable, "-m", "nnlab.train", *BIG_BLOBS, f"paths.log_dir={tmp_path}/logs"])
+    # read-only, from the store's own table: a client would try to finish migrating a store that
+    # its full disk left half-created (and fail again)
+    statuses = (
+        "import json, sqlite3; "
+        f"db = sqlite3.connect('file:{store}/mlflow.db?mode=ro', uri=True); "
+        "tables = [t for (t,) in db.execute('select name from sqlite_master')]; "
+        "print(json.dumps([s for (s,) in db.execute('select status from runs')] if 'runs' in tables else []))"
+    )
+    proc = _in_small_filesystem(
+        store,
+        size,
+        f"cp -r {project}/data {project}/params.yaml {store}/ && cd {store} && "
+        f"NNLAB_ROOT={store} MLFLOW_TRACKING_URI= {command}; echo rc=$?; "
+        f"if [ -s {store}/mlflow.db ]; then {sys.executable} -c \"{statuses}\" 2>/dev/null; else echo '[]'; fi",
+    )
+    # MLflow logs the creation of a new store (INFO mlflow.store.db.utils): its news, not an error
+    lines = [line for line in proc.stderr.strip().splitlines() if " INFO mlflow.store.db.utils: " not in line]
+    assert "rc=1" in proc.stdout, proc.stderr[-3000:]
+    assert lines == [f"nnlab.train: error: {message.format(store=store)}"]
+    recorded = proc.stdout.strip().splitlines()[-1]
+    assert recorded in ("[]", '["FAILED"]'), proc.stdout  # never RUNNING
+
+
+def test_an_output_folder_that_cannot_be_created_is_one_line(project):
+    proc = run_module("nnlab.train", "experiment=blobs_linear", "trainer=cpu", "paths.log_dir=/proc/nnlab", cwd=project)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "nnlab.train: error: config: paths.log_dir: cannot create /proc/nnlab (No such file or directory); "
+        "choose a folder you can write"
+    ]
+
+
+def test_a_tracking_store_file_that_is_not_a_database_is_one_line(project, tmp_path):
+    store = tmp_path / "notes.db"
+    store.write_text("these are my notes, not a database\n")
+    uri = f"sqlite:///{store}"
+    proc = run_module("nnlab.train", "experiment=blobs_linear", "trainer=cpu", cwd=project, MLFLOW_TRACKING_URI=uri)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"nnlab.train: error: tracking store {uri}: {store} is not an SQLite database; point MLFLOW_TRACKING_URI "
+        "(or logger.mlflow.tracking_uri) at the store's .db file, or move that file aside to start a new store"
+    )
+    assert store.read_text() == "these are my notes, not a database\n"  # untouched
+
+
+def test_a_copied_project_does_not_write_into_the_original_ones_artifacts(compose, project, tmp_path, monkeypatch):
+    import shutil
+
+    from nnlab.errors import TrackingError
+
+    quick = ("experiment=blobs_linear", "trainer.max_epochs=1", "logger.mlflow.log_model=false")
+    train(compose(*quick))  # the embedded store: mlflow.db and mlartifacts/ at the project's root
+    before = sorted(p.name for p in (project / "mlartifacts").iterdir())
+    copy = tmp_path / "copy"
+    shutil.copytree(project, copy)
+    monkeypatch.setenv("NNLAB_ROOT", str(copy))
+    with pytest.raises(TrackingError) as refused:
+        train(compose(*quick))
+    assert str(refused.value) == (
+        f"tracking store {copy / 'mlflow.db'} keeps its artifacts in {project / 'mlartifacts'}, not beside it in "
+        f"{copy / 'mlartifacts'}: the project (or mlflow.db) was moved or copied, and new artifacts would go to "
+        "the old place; move it back, point MLFLOW_TRACKING_URI at the original store, or move mlflow.db and "
+        "mlartifacts/ aside to start a new one"
+    )
+    assert sorted(p.name for p in (project / "mlartifacts").iterdir()) == before  # the original untouched

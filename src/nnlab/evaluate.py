@@ -10,7 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from nnlab.config.compose import hydra_main
-from nnlab.config.paths import Outputs, register_resolvers, retrain_command
+from nnlab.config.paths import Outputs, register_resolvers, retrain_command, storage_error
 from nnlab.config.schema import validate
 from nnlab.errors import CheckpointError, NnlabError, fail, report
 from nnlab.report.tables import console
@@ -74,6 +74,11 @@ def _task(cfg: DictConfig) -> None:
         fail(PROG, f"{exc} (train it first: {retrain_command(models_dir, cfg.name, force=False)})")
     except NnlabError as exc:  # a bad config, checkpoint or data; a tracking store that cannot be used
         report(PROG, exc)
+    except OSError as exc:  # a full disk, a folder that cannot be written
+        error = storage_error(exc)
+        if error is None:
+            raise
+        report(PROG, error)
 
 
 def main() -> None:

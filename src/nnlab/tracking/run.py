@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
@@ -30,9 +31,79 @@ def default_tracking_uri(root: Path) -> str:
     return f"sqlite:///{store_root(root).resolve() / 'mlflow.db'}"
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_sqlite_file(uri: str) -> None:
+    """A ``sqlite:///`` store naming a file that is not an SQLite database: one line, not
+    SQLAlchemy's page of traceback (an empty file is a new store)."""
+    database = sqlite_file(uri)
+    if database is None or not database.is_file() or database.stat().st_size == 0:
+        return
+    with database.open("rb") as handle:
+        if handle.read(len(SQLITE_HEADER)) == SQLITE_HEADER:
+            return
+    raise TrackingError(
+        f"tracking store {uri}: {database} is not an SQLite database; point MLFLOW_TRACKING_URI (or "
+        "logger.mlflow.tracking_uri) at the store's .db file, or move that file aside to start a new store"
+    )
+
+
+@contextmanager
+def opening_store(uri: str) -> Iterator[None]:
+    """Opening, creating or first writing the store: a failure (a full disk, a damaged file) is one
+    TrackingError line naming the store."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except (MlflowException, SQLAlchemyError, OSError) as exc:
+        detail = re.sub(r"^\(\w+\.\w+\) ", "", first_line(exc))[:300]
+        full = "disk is full" in detail or getattr(exc, "errno", None) == errno.ENOSPC
+        hint = "; free space on its disk or point MLFLOW_TRACKING_URI elsewhere" if full else ""
+        raise TrackingError(f"tracking store {uri} cannot be used: {detail}{hint}") from None
+
+
+@contextmanager
+def artifact_writes(uri: str) -> Iterator[None]:
+    """Copying files into the store's artifacts: a disk that is full or cannot be written there is
+    one TrackingError line naming the store (MLflow's copy names no file)."""
+    try:
+        yield
+    except OSError as exc:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        hint = "free space on its disk" if full else "check that this user can write its artifact folder"
+        raise TrackingError(
+            f"tracking store {uri} could not store the run's artifacts ({exc.strerror or exc}); {hint} "
+            "or point MLFLOW_TRACKING_URI elsewhere"
+        ) from None
+
+
+def check_artifact_home(location: str | None, uri: str, root: Path) -> None:
+    """The embedded store (mlflow.db at the project's root) records its artifact folder as an
+    absolute path: after the project (or mlflow.db) was moved or copied, new artifacts would go to
+    the old place without a word. Stop instead."""
+    database, home = sqlite_file(uri), (store_root(root) / "mlartifacts").resolve()
+    embedded = database is not None and database.resolve() == home.with_name("mlflow.db")
+    if not embedded or not (location or "").startswith("file:"):
+        return
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    kept = Path(url2pathname(urlparse(location).path))
+    if kept == home or home in kept.parents:
+        return
+    raise TrackingError(
+        f"tracking store {database} keeps its artifacts in {kept}, not beside it in {home}: the project (or "
+        "mlflow.db) was moved or copied, and new artifacts would go to the old place; move it back, point "
+        "MLFLOW_TRACKING_URI at the original store, or move mlflow.db and mlartifacts/ aside to start a new one"
+    )
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """A tracking server must answer its /health within ``timeout`` seconds; MLflow's own client
     would retry for minutes before failing with a page of traceback."""
+    check_sqlite_file(uri)
     if not uri.startswith(("http://", "https://")):
         return
     import urllib.error
@@ -140,10 +211,12 @@ class Run:
             self.client.log_batch(self.run_id, params=items[start : start + 100])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        with artifact_writes(self.client.tracking_uri):
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        with artifact_writes(self.client.tracking_uri):
+            self.client.log_text(self.run_id, text, artifact_file)
 
     @contextmanager
     def _fluent(self) -> Iterator[None]:
@@ -175,7 +248,7 @@ class Run:
         from nnlab.tracking.served_model import log_classifier
 
         self.stop_sampling()
-        with self._fluent():
+        with self._fluent(), artifact_writes(self.client.tracking_uri):
             mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
             try:
                 info = log_classifier(
@@ -220,6 +293,7 @@ def experiment_id(client: MlflowClient, name: str, root: Path, uri: str) -> str:
     """The experiment's id, creating it when missing (tolerating a parallel job creating it too)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        check_artifact_home(experiment.artifact_location, uri, root)
         return experiment.experiment_id
     # A local store keeps its artifacts beside it; a server decides for itself.
     location = (store_root(root) / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
@@ -246,17 +320,18 @@ def open_run(
     or KILLED (Ctrl-C). Runs of the same name left RUNNING by a dead process are marked KILLED."""
     uri = resolve_tracking_uri(tracking_uri, root)
     check_reachable(uri)
-    with store_lock(uri):  # a new SQLite store is created and migrated by one process at a time
-        client = MlflowClient(tracking_uri=uri)
-        exp_id = experiment_id(client, experiment, root, uri)
-    mark_dead_runs_killed(client, exp_id, run_name)
-    if resume_id:
-        client.update_run(resume_id, status=RunStatus.to_string(RunStatus.RUNNING))
-        for key, value in (tags or {}).items():
-            client.set_tag(resume_id, key, value)
-        run = Run(client, resume_id)
-    else:
-        run = Run(client, client.create_run(exp_id, run_name=run_name, tags=dict(tags or {})).info.run_id)
+    with opening_store(uri):
+        with store_lock(uri):  # a new SQLite store is created and migrated by one process at a time
+            client = MlflowClient(tracking_uri=uri)
+            exp_id = experiment_id(client, experiment, root, uri)
+        mark_dead_runs_killed(client, exp_id, run_name)
+        if resume_id:
+            client.update_run(resume_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            for key, value in (tags or {}).items():
+                client.set_tag(resume_id, key, value)
+            run = Run(client, resume_id)
+        else:
+            run = Run(client, client.create_run(exp_id, run_name=run_name, tags=dict(tags or {})).info.run_id)
     try:
         yield run
     except KeyboardInterrupt:
@@ -266,7 +341,7 @@ def open_run(
         try:
             client.set_tag(run.run_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
             client.set_terminated(run.run_id, RunStatus.to_string(RunStatus.FAILED))
-        except MlflowException:
+        except Exception:  # noqa: BLE001 (MLflow's, SQLAlchemy's, the disk's: the store cannot take it)
             pass  # the store itself is gone: the next run of this name marks this one KILLED
         if isinstance(exc, MlflowException):  # a server or store that failed mid-run: one line
             raise TrackingError(store_failure(uri, exc)) from exc
@@ -377,12 +452,13 @@ def existing_run(run_id: str, root: Path, tracking_uri: str | None = None) -> Ru
     database = sqlite_file(uri)
     if database is not None and not database.is_file():
         raise RunNotFound(uri, run_id)  # and looking must not create an empty store there
-    with store_lock(uri):
+    with opening_store(uri), store_lock(uri):
         client = MlflowClient(tracking_uri=uri)
     try:
-        client.get_run(run_id)
+        found = client.get_run(run_id)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
         raise RunNotFound(uri, run_id) from None
+    check_artifact_home(found.info.artifact_uri, uri, root)
     return Run(client, run_id)
