@@ -123,3 +123,20 @@ bench: install
 
 clean:
 	rm -rf logs dvc_plots
+
+# Team mode: the team remote's copy of the pipeline (its data and models: what `dvc push -r team`
+# of a `make repro` uploaded), then the reference models only where someone ran `make reference`
+# and pushed them (`dvc push -r team reference/dvc.yaml`); one line says which.
+.PHONY: pull plots-page
+pull:
+	dvc pull -r team dvc.yaml
+	@if dvc pull -q -r team reference/dvc.yaml >/dev/null 2>&1; then echo "reference models: pulled"; \
+	else echo "reference models (reference/models/*): not on the team remote, or not all (nobody pushed them;" \
+		"make reference, then dvc push -r team reference/dvc.yaml)"; fi
+
+# The offline page of `dvc plots show` (.dvc/plots/page.html): Vega, Vega-Lite and vega-embed
+# from npm, inlined with their licences. Only to update them; the page is committed.
+plots-page: install
+	tmp=$$(mktemp -d) && npm install --prefix $$tmp --no-audit --no-fund --no-save \
+		vega@5 vega-lite@5 vega-embed@6 && python -m nnlab.report.plots_page $$tmp/node_modules; \
+		status=$$?; rm -rf $$tmp; exit $$status

@@ -17,6 +17,22 @@ def published_accuracy(ref: str | None) -> float | None:
     return REFERENCES.get(ref, ("", None))[1] if ref else None
 
 
+# id: the experiment (conf/experiment/) that runs the text's own recipe, in the reference
+# pipeline (reference/dvc.yaml): the like-for-like row beside each published figure.
+PUBLISHED_RECIPES: dict[str, str] = {
+    "E1": "ref_e1_mlp_sgd",
+    "E2": "ref_e2_mlp_adam",
+    "E3": "ref_e3_cnn",
+    "E4": "ref_e4_numpy_mlp",
+    "E5": "ref_e5_blobs_linear",
+    "E6": "ref_e6_mlp512_rmsprop",
+}
+
+
+def like_for_like(ref: str | None) -> str | None:
+    return PUBLISHED_RECIPES.get(ref) if ref else None
+
+
 # Per-epoch training loss the texts printed: {epoch: loss}.
 PUBLISHED_LOSSES: dict[str, dict[int, float]] = {
     "E2": {1: 0.3866, 10: 0.0522},
