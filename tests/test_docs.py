@@ -251,6 +251,30 @@ def test_the_configuration_pages_error_line_is_the_real_one(composer):
     assert line in (REPO / "docs" / "configuration.md").read_text(), line
 
 
+def _table_rows(text: str, first_header: str) -> list[list[str]]:
+    """The body rows of the first markdown table whose header starts with ``first_header``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip().strip("*") for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_the_performance_pages_headline_is_the_latest_report():
+    """docs/performance.md quotes reports/bench.md's training table (medians), not older runs."""
+    report = {row[0]: row for row in _table_rows((REPO / "reports" / "bench.md").read_text(), "case")}
+    quoted = _table_rows((REPO / "docs" / "performance.md").read_text(), "case")
+    assert quoted and {row[0] for row in quoted} == set(report)
+    for case, batch, precision, plain, lightning, nnlab, ratio in quoted:
+        row = report[case]
+        medians = [cell.split(" (")[0] for cell in row[4:8]]
+        assert [batch, precision] == row[1:3], case
+        assert [plain, lightning, nnlab, ratio] == medians, case
+
+
 # ---- docs/extending.md, followed literally -----------------------------------------------------
 
 
