@@ -103,6 +103,7 @@ def test_six_trials_on_two_joblib_workers_then_three_more_continue_the_study(tmp
     assert logged == {"search/blobs_optuna.md", "search/blobs_optuna"}
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "search/blobs_optuna")}
     assert {"search/blobs_optuna/history.png", "search/blobs_optuna/parallel_coordinates.png"} <= plots
+    assert "search/blobs_optuna/report.html" in plots  # the page MLflow shows, its plots inline
     assert "![history](blobs_optuna/history.png)" in report
     # nothing of this machine in a report that may be committed: no absolute path, no run id
     assert str(project) not in report and not re.search(r"[0-9a-f]{32}", report)

@@ -33,11 +33,11 @@ from omegaconf import DictConfig, open_dict
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from nnlab.config.errors import fail, first_line
 from nnlab.config.paths import find_root
 from nnlab.config.schema import NAME_PATTERN, ConfigError, validate
+from nnlab.errors import fail, first_line
 from nnlab.report.search import write_search_report
-from nnlab.tracking.sweep import SweepParent, end_lost_run
+from nnlab.tracking.sweep import SweepParent
 
 from ._space import Param, search_space
 from .config import SETTINGS, setting_error
@@ -277,9 +277,9 @@ class OptunaSearch:
         return lost
 
     def _end_lost_run(self, trial) -> None:
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if self.parent is not None and run_id:
-            end_lost_run(self.parent.client, run_id, f"trial {trial.number}'s process died (no heartbeat)")
+        if self.parent is not None:
+            name = self.settings["study_name"]
+            self.parent.end_lost_trial(name, trial.number, f"trial {trial.number}'s process died (no heartbeat)")
 
     def _run(self, study, space: list[Param], fixed: list[str], job: dict, n_trials: int, n_jobs: int) -> int:
         """Ask, launch and settle until ``n_trials`` trials have ended (a lost trial that is run

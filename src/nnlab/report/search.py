@@ -1,13 +1,17 @@
 """The report of an Optuna study: ``reports/search/<study>.md`` and Optuna's own plots
 (optimisation history, parameter importances, parallel coordinates) as PNG in
 ``reports/search/<study>/``: the report links them by that relative path, which the parent run's
-artifacts (``search/<study>.md``, ``search/<study>/*.png``) keep too.
+artifacts (``search/<study>.md``, ``search/<study>/*.png``) keep too, with ``search/<study>/report.html``:
+the same report as one page with its plots inline, which MLflow's artifact viewer shows.
 
 A report may be committed, so it holds nothing of the machine that made it: no absolute path, no
 run id (the parent run's tags name the best trial's run; the terminal summary prints it)."""
 
 from __future__ import annotations
 
+import base64
+import html
+import re
 import warnings
 from pathlib import Path
 
@@ -143,4 +147,49 @@ def write_search_report(study, summary: dict, folder: Path, root: Path | None = 
     report = folder / f"{name}.md"
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text("\n".join(lines) + "\n")
-    return [report, *drawn]
+    page = folder / name / "report.html"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(as_html(lines, folder))
+    return [report, *drawn, page]
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text, quote=False)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def as_html(lines: list[str], folder: Path) -> str:
+    """The report as one self-contained HTML page, its plots inline: MLflow's artifact viewer
+    shows HTML (Markdown only as text, and an HTML page there cannot load files beside it)."""
+    body, table = [], []
+    for line in [*lines, ""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|- "):
+                table.append([_inline(c.strip()) for c in line.strip("|").split(" | ")])
+            continue
+        if table:
+            head, *rows = table
+            body.append(
+                "<table><tr>"
+                + "".join(f"<th>{c}</th>" for c in head)
+                + "</tr>"
+                + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+                + "</table>"
+            )
+            table = []
+        image = re.fullmatch(r"!\[(.*)\]\((.+)\)", line)
+        if image:
+            data = base64.b64encode((folder / image[2]).read_bytes()).decode()
+            body.append(f'<p><img alt="{html.escape(image[1])}" src="data:image/png;base64,{data}"></p>')
+        elif line.startswith("## "):
+            body.append(f"<h2>{_inline(line[3:])}</h2>")
+        elif line.startswith("# "):
+            body.append(f"<h1>{_inline(line[2:])}</h1>")
+        elif line:
+            body.append(f"<p>{_inline(line.removeprefix('- '))}</p>")
+    style = (
+        "body{font-family:sans-serif;font-size:14px;margin:16px}table{border-collapse:collapse;margin:8px 0}"
+        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}img{max-width:100%}"
+    )
+    return f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style></head><body>{''.join(body)}</body></html>\n"

@@ -22,8 +22,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from nnlab.config.errors import TrackingError, fail
 from nnlab.config.paths import find_root
+from nnlab.errors import TrackingError, fail
 from nnlab.tracking.credentials import redacted
 from nnlab.tracking.trial import PARENT_ENV, SWEPT_ENV
 
@@ -152,6 +152,19 @@ class SweepParent:
             folder = Path(path).parent.relative_to(report_root).as_posix()
             self.client.log_artifact(self.run_id, str(path), "search" if folder == "." else f"search/{folder}")
 
+    def end_lost_trial(self, study: str, number: int, reason: str) -> None:
+        """The runs of a trial whose process died without ending them (this search's or an
+        earlier one's): KILLED, with the reason."""
+        exp = self.client.get_run(self.run_id).info.experiment_id
+        runs = self.client.search_runs(
+            [exp],
+            filter_string=f"tags.optuna_study = '{study}' and tags.optuna_trial = '{number}' "
+            "and attributes.status = 'RUNNING'",
+        )
+        for run in runs:
+            self.client.set_tag(run.info.run_id, "killed_reason", reason[:5000])
+            self.client.set_terminated(run.info.run_id, "KILLED")
+
     def record_failed_trial(self, study: str, number: int, experiment: str, message: str) -> None:
         """A trial that never reached a job (its values cannot be composed): a FAILED child run
         with the reason, as a job that failed would leave."""
@@ -166,13 +179,6 @@ class SweepParent:
         exp = self.client.get_run(self.run_id).info.experiment_id
         run = self.client.create_run(exp, run_name=f"trial {number}", tags=tags)
         self.client.set_terminated(run.info.run_id, "FAILED")
-
-
-def end_lost_run(client, run_id: str, reason: str) -> None:
-    """A trial's run whose process died without ending it: KILLED, with the reason."""
-    if client.get_run(run_id).info.status == "RUNNING":
-        client.set_tag(run_id, "killed_reason", reason[:5000])
-        client.set_terminated(run_id, "KILLED")
 
 
 def swept_keys(overrides: Iterable[str]) -> list[str]:
