@@ -303,3 +303,92 @@ def test_submitit_with_two_tasks_per_node_trains_one_run(cluster, project):
     _, [parent] = mlflow_runs(project, "attributes.run_name = 'sweep: ddp_submitit'")
     _, [child] = mlflow_runs(project, f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert child.info.status == "FINISHED" and child.data.tags["slurm_job_id"] == job
+
+
+# ---- preemption, time limits and requeues lose at most the epoch in progress -------------------
+
+SLOW = ("experiment=blobs_linear", "trainer.max_epochs=5", "data.batch_size=1")
+
+
+@pytest.fixture(scope="module")
+def slow_project(tmp_path_factory):
+    """Blobs large enough for epochs of a second or so: a signal lands between two of them."""
+    root = tmp_path_factory.mktemp("slow")
+    blobs.write(root / "data" / "blobs", blobs.make(2000, 3, 2, 42, 0.2))
+    (root / "params.yaml").write_text("{}\n")
+    return root
+
+
+def submit(cluster, project: Path, name: str) -> str:
+    """An sbatch job that trains ``name`` in one srun step, requeueable, warned with USR1."""
+    script = project / f"{name}.sh"
+    overrides = " ".join([*SLOW, "trainer=cpu", "trainer.enable_progress_bar=false", f"name={name}"])
+    script.write_text(
+        "#!/bin/bash\n#SBATCH --requeue\n#SBATCH --signal=USR1@60\n#SBATCH --open-mode=append\n"
+        f"srun {sys.executable} -m nnlab.train {overrides}\n"
+    )
+    env = slurm_env(cluster, NNLAB_ROOT=str(project), MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}")
+    done = subprocess.run(
+        ["sbatch", "--parsable", "-J", name, "-o", str(project / f"{name}-%j.out"), str(script)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def wait_for(path: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.1)
+
+
+def wait_gone(cluster, *jobs: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while client(cluster, "squeue", "-h", "-o", "%i", "-j", ",".join(jobs)).split():
+        assert time.monotonic() < deadline, f"jobs {jobs} still queued"
+        time.sleep(1)
+
+
+def history(folder: Path) -> list[list[str]]:
+    """history.csv without its timing columns (seconds, samples per second)."""
+    rows = [line.split(",") for line in (folder / "plots" / "history.csv").read_text().splitlines()]
+    keep = [i for i, key in enumerate(rows[0]) if "second" not in key]
+    return [[row[i] for i in keep] for row in rows]
+
+
+def test_a_warned_or_requeued_job_continues_its_run_and_ends_as_if_never_stopped(cluster, slow_project):
+    project = slow_project
+    started = time.time()
+    warned, requeued = submit(cluster, project, "warned"), submit(cluster, project, "requeued")
+    # after the first finished epoch: the warning signal to one, a plain requeue to the other
+    wait_for(project / "logs" / "runs" / "warned" / f"slurm-{warned}.0" / "models" / "last.ckpt")
+    client(cluster, "scancel", "--signal=USR1", warned)
+    wait_for(project / "logs" / "runs" / "requeued" / f"slurm-{requeued}.0" / "models" / "last.ckpt")
+    client(cluster, "scontrol", "requeue", requeued)
+    # the same training never interrupted, while the two wait to start again
+    plain = train(cluster, project, *SLOW, "name=plain")
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    wait_gone(cluster, warned, requeued)
+
+    jobs = finished_jobs(cluster, started, 2)
+    assert jobs[warned] == ("warned", "COMPLETED") and jobs[requeued] == ("requeued", "COMPLETED")
+    assert "SIGUSR1: requeueing Slurm job" in (project / f"warned-{warned}.out").read_text()
+    [reference] = run_folders(project, "plain")
+    mlflow, [plain_run] = mlflow_runs(project, "tags.experiment = 'plain'")
+    for name, job in (("warned", warned), ("requeued", requeued)):
+        [folder] = run_folders(project, name)
+        assert folder.name == f"slurm-{job}.0" and not (folder / "models" / "last.ckpt").exists()
+        assert history(folder) == history(reference)  # epochs 1..5, no gap, no repeat, same values
+        assert (folder / "metrics" / "test.json").read_text() == (reference / "metrics" / "test.json").read_text()
+        _, [run] = mlflow_runs(project, f"tags.experiment = '{name}'")  # one run, continued
+        assert run.info.status == "FINISHED" and run.data.tags["resumed"] == "true"
+        assert (run.data.tags["slurm_job_id"], run.data.tags["slurm_restart_count"]) == (job, "1")
+        steps = [m.step for m in mlflow.get_metric_history(run.info.run_id, "val_loss")]
+        assert steps == [1, 2, 3, 4, 5]
+        assert run.data.metrics["test_acc"] == plain_run.data.metrics["test_acc"]
+        assert run.data.metrics["best_val_loss"] == plain_run.data.metrics["best_val_loss"]
