@@ -27,6 +27,7 @@ from hydra_plugins.nnlab_optuna_sweeper.study import (
     build_pruner,
     build_sampler,
     check_objective,
+    heartbeat_options,
     resolve_storage,
 )
 from nnlab.data import blobs
@@ -338,6 +339,25 @@ def test_bad_sweeper_settings_are_one_line():
     )
     threshold = build_pruner({"_target_": "optuna.pruners.ThresholdPruner", "upper": 0.5, "n_startup_trials": 3})
     assert isinstance(threshold, optuna.pruners.ThresholdPruner)
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_the_heartbeat_settings_are_checked_and_turn_on_optunas_retry_of_lost_trials():
+    options = heartbeat_options({"heartbeat_interval": 5, "grace_period": None, "max_retry": 2})
+    assert options["heartbeat_interval"] == 5 and options["grace_period"] is None
+    assert isinstance(options["heartbeat_stale_trial_callback"], RetryHeartbeatStaleTrialCallback)
+    assert heartbeat_options({"heartbeat_interval": None}) == {}  # off
+    for settings, message in (
+        ({"heartbeat_interval": 0}, "hydra.sweeper.heartbeat_interval: must be a whole number >= 1, got 0"),
+        (
+            {"heartbeat_interval": 5, "grace_period": 5},
+            "hydra.sweeper.grace_period: must be longer than heartbeat_interval (5), got 5",
+        ),
+        ({"heartbeat_interval": 5, "max_retry": -1}, "hydra.sweeper.max_retry: must be a whole number >= 0 or null"),
+    ):
+        with pytest.raises(SearchError) as caught:
+            heartbeat_options(settings)
+        assert str(caught.value).startswith(message)
 
 
 def test_the_storage_is_the_config_else_the_environment_else_optuna_db_at_the_root(tmp_path, monkeypatch):
