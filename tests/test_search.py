@@ -1,6 +1,7 @@
 """Optuna searches through Hydra (hydra/sweeper=nnlab_optuna): real studies in SQLite, real
 launchers (basic, joblib, submitit_local), real trainings on the blobs, MLflow read through its
-client. Every search here runs hparams_search=blobs_optuna for 4 epochs a trial."""
+client, real SIGKILLs of real processes. Every search here runs hparams_search=blobs_optuna, 4
+epochs a trial unless a trial must live long enough to be killed."""
 
 from __future__ import annotations
 
