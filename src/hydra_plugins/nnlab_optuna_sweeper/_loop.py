@@ -474,9 +474,11 @@ def _config_error(exc: BaseException) -> str:
 def _print_summary(summary: dict, report: Path) -> None:
     c = summary["counts"]
     lost = f", {summary['lost']} lost with their process and run again" if summary["lost"] else ""
+    # Trials another live search is running (or its retries waiting) are counted, not hidden.
+    others = "".join(f", {c[state]} {state}" for state in ("running", "waiting") if c.get(state))
     print(
         f"\nOptuna study {summary['study']}: {summary['trials']} trials ({c['complete']} complete, "
-        f"{c['pruned']} pruned, {c['fail']} failed{lost}), {summary['this_invocation']} by this run"
+        f"{c['pruned']} pruned, {c['fail']} failed{lost}{others}), {summary['this_invocation']} by this run"
     )
     best = summary["best"]
     if best:
