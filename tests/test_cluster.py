@@ -392,3 +392,54 @@ def test_a_warned_or_requeued_job_continues_its_run_and_ends_as_if_never_stopped
         assert steps == [1, 2, 3, 4, 5]
         assert run.data.metrics["test_acc"] == plain_run.data.metrics["test_acc"]
         assert run.data.metrics["best_val_loss"] == plain_run.data.metrics["best_val_loss"]
+
+
+def test_a_requeued_trial_of_an_optuna_search_continues_the_same_trial(cluster, slow_project):
+    project = slow_project
+    env = slurm_env(cluster, NNLAB_ROOT=str(project), MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}")
+    env.pop("NNLAB_OPTUNA_STORAGE", None)
+    search = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nnlab.train",
+            "-m",
+            "hparams_search=blobs_optuna",
+            "trainer=cpu",
+            "trainer.max_epochs=5",
+            "hydra.sweeper.params={data.batch_size:1}",  # epochs of a second or so
+            "hydra/sweeper/pruner=none",
+            *CPU_JOB,
+            "hydra.launcher.array_parallelism=2",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.study_name=requeued_trial",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not list((project / "logs" / "multirun").glob("blobs_search/*/trial_0/models/last.ckpt")):
+            assert time.monotonic() < deadline and search.poll() is None, "trial 0 finished no epoch"
+            time.sleep(0.1)
+        array_tasks = client(cluster, "squeue", "-h", "-o", "%i", "-n", "train").split()
+        task = next(t for t in array_tasks if t.endswith("_0"))  # the first job of the batch: trial 0
+        client(cluster, "scontrol", "requeue", task)
+        out, err = search.communicate(timeout=600)
+    finally:
+        search.kill()
+    assert search.returncode == 0, err[-3000:]
+
+    study = optuna.load_study(study_name="requeued_trial", storage=f"sqlite:///{project / 'optuna.db'}")
+    assert sorted(t.number for t in study.trials) == [0, 1]  # continued, not failed and retried
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert sorted(study.trials[0].intermediate_values) == [1, 2, 3, 4, 5]
+    mlflow, kids = mlflow_runs(project, "tags.optuna_study = 'requeued_trial' and tags.optuna_trial = '0'")
+    [run] = [k for k in kids if k.data.tags.get("sweep") != "parent"]
+    assert run.info.status == "FINISHED" and run.data.tags["resumed"] == "true"
+    assert run.data.tags["slurm_job_id"] == task and run.data.tags["slurm_restart_count"] == "1"
+    assert [m.step for m in mlflow.get_metric_history(run.info.run_id, "val_loss")] == [1, 2, 3, 4, 5]
+    assert study.trials[0].user_attrs["mlflow_run_id"] == run.info.run_id
