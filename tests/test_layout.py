@@ -13,7 +13,8 @@ from helpers import REPO
 
 SRC = REPO / "src"
 PACKAGE = SRC / "nnlab"
-STAGES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+NOT_STAGES = ("__init__", "errors")  # errors.py: the error policy every stage shares
+STAGES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in NOT_STAGES)
 
 
 def imported_modules(path: Path) -> set[str]:
