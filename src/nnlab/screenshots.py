@@ -4,16 +4,22 @@ Starts ``mlflow ui`` on a free loopback port over the project's store (``MLFLOW_
 else mlflow.db at the root; run ``make repro`` and a search first), opens each page in headless
 Chromium and saves it as a PNG:
 
-- docs/mlflow-runs.png: the MNIST experiment's runs table (with a sweep's parent, if any);
+- docs/mlflow-runs.png: the MNIST experiment's runs table, best test accuracy first;
 - docs/mlflow-run.png: the best MNIST run's metric charts;
 - docs/mlflow-model.png: the registered model of that run, with its description and versions.
 
-Chromium comes from the system (``apt-get install chromium``); ``--chromium`` names another.
+Chromium comes from the system (``apt-get install chromium``); ``--chromium`` names another. It is
+driven through its DevTools protocol on a pipe (``--remote-debugging-pipe``: no port, no package),
+so that the browser's UI settings can be those of a person who chose the training view and
+closed MLflow's assistant panel (it opens itself on a browser's first visit).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import fcntl
+import json
 import os
 import shutil
 import socket
@@ -24,13 +30,14 @@ import time
 import urllib.request
 from pathlib import Path
 
-from nnlab.config.errors import TrackingError
 from nnlab.config.paths import find_root
+from nnlab.errors import TrackingError
 from nnlab.tracking.ui import WORKFLOW, runs_url, tracking_uri
 
 PROG = "nnlab.screenshots"
-WINDOW = (1600, 1000)
-RENDER_MS = 30_000  # virtual time for the React app to load its data and draw its charts
+WINDOW = (1700, 1000)
+SETTLE_SECONDS = 3.0  # a page is drawn once its text has not changed for this long
+PAGE_TIMEOUT = 120.0
 CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -40,7 +47,27 @@ CHROMIUM_FLAGS = (
     "--disable-sync",
     "--no-first-run",
     "--hide-scrollbars",
+    "--remote-debugging-pipe",
 )
+# The runs table's columns beside the run's name: what a person compares.
+COLUMNS = [
+    "attributes.`Models`",
+    "metrics.`test_acc`",
+    "metrics.`best_val_acc`",
+    "metrics.`train_seconds`",
+    "params.`model.class`",
+    "params.`optimizer.lr`",
+    "params.`data.batch_size`",
+    "params.`trainer.max_epochs`",
+]
+# What the run's page shows: its learning curves (the charts are listed by name, timings first).
+FILTERS = {"mlflow-run.png": "loss"}
+# The UI's own settings in the browser's local storage (key_v<version>: JSON), as a person leaves them.
+UI_SETTINGS = {
+    "mlflow.workflowType_v1": "machine_learning",
+    "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": True,
+    "mlflow.assistant.panelOpen_v1": False,
+}
 
 
 def free_port() -> int:
@@ -69,15 +96,17 @@ def start_ui(uri: str, port: int, artifacts: Path) -> subprocess.Popen:
     raise TrackingError("mlflow ui did not answer within 300 s")
 
 
-def pages(uri: str, base: str) -> dict[str, str]:
-    """{file name: address} of the pages to take, from what the store holds."""
+def pages(uri: str, base: str) -> tuple[dict[str, str], dict]:
+    """{file name: address} of the pages to take, from what the store holds, and the UI's settings
+    for them (the runs table's columns, which it keeps per experiment)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
     mnist = client.get_experiment_by_name("nnlab-mnist")
     if mnist is None:
         raise TrackingError(f"tracking store {uri} has no nnlab-mnist experiment: run make repro first")
-    found = {"mlflow-runs.png": runs_url(base, mnist.experiment_id)}
+    best_first = "orderByKey=metrics.%60test_acc%60&orderByAsc=false"
+    found = {"mlflow-runs.png": f"{runs_url(base, mnist.experiment_id)}&{best_first}"}
     best = client.search_runs([mnist.experiment_id], "metrics.test_acc > 0", order_by=["metrics.test_acc DESC"])
     if best:
         run = best[0]
@@ -87,18 +116,121 @@ def pages(uri: str, base: str) -> dict[str, str]:
         name = f"nnlab-{run.data.tags.get('experiment')}"
         if client.search_registered_models(f"name = '{name}'"):
             found["mlflow-model.png"] = f"{base}/#/models/{name}?{WORKFLOW}"
-    return found
+    table = f"MLflowLocalStorage-1.1-ExperimentPage-{json.dumps([mnist.experiment_id])}-ReactComponentState"
+    return found, {**UI_SETTINGS, table: {"selectedColumns": COLUMNS}}
 
 
-def screenshot(chromium: str, url: str, path: Path) -> None:
-    with tempfile.TemporaryDirectory(prefix="nnlab-chromium-") as profile:
-        subprocess.run(
-            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={WINDOW[0]},{WINDOW[1]}"]
-            + [f"--virtual-time-budget={RENDER_MS}", f"--screenshot={path}", url],
-            check=True,
-            capture_output=True,
-            timeout=300,
+class Browser:
+    """Headless Chromium over its DevTools pipe (fd 3: commands in, fd 4: replies out, each a
+    JSON message ended by a NUL byte), one page."""
+
+    def __init__(self, chromium: str, profile: str):
+        to_browser, self._write = os.pipe()
+        self._read, from_browser = os.pipe()
+        # above the numbers the child needs, so that placing them cannot overwrite each other
+        ends = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_browser, from_browser)]
+        for fd in (to_browser, from_browser):
+            os.close(fd)
+
+        def pipes() -> None:  # in the child: Chromium reads fd 3 and writes fd 4
+            os.dup2(ends[0], 3)
+            os.dup2(ends[1], 4)
+
+        command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={WINDOW[0]},{WINDOW[1]}"]
+        self.process = subprocess.Popen(
+            command, preexec_fn=pipes, pass_fds=(3, 4), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
+        for fd in ends:
+            os.close(fd)
+        self._buffer, self._id, self.session = b"", 0, None
+        target = self.call("Target.createTarget", url="about:blank")["targetId"]
+        self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        self.call(
+            "Emulation.setDeviceMetricsOverride", width=WINDOW[0], height=WINDOW[1], deviceScaleFactor=1, mobile=False
+        )
+
+    def call(self, method: str, **params) -> dict:
+        self._id += 1
+        message = {"id": self._id, "method": method, "params": params}
+        if self.session and not method.startswith("Target."):
+            message["sessionId"] = self.session
+        os.write(self._write, json.dumps(message).encode() + b"\0")
+        while True:
+            while b"\0" not in self._buffer:
+                chunk = os.read(self._read, 1 << 20)
+                if not chunk:
+                    raise OSError(f"chromium exited while answering {method}")
+                self._buffer += chunk
+            raw, self._buffer = self._buffer.split(b"\0", 1)
+            reply = json.loads(raw)
+            if reply.get("id") == self._id:
+                if "error" in reply:
+                    raise OSError(f"chromium: {method}: {reply['error'].get('message')}")
+                return reply.get("result", {})
+
+    def evaluate(self, expression: str):
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def open(self, url: str | None) -> None:
+        """Load ``url`` (None: reload the page) and wait until its text settles (the UI fetches,
+        then draws)."""
+        if url is None:
+            self.call("Page.reload", ignoreCache=True)
+        else:
+            self.call("Page.navigate", url=url)
+        self.settle()
+
+    def settle(self) -> None:
+        """Wait until the page's text has not changed for SETTLE_SECONDS."""
+        deadline, last, since = time.time() + PAGE_TIMEOUT, None, time.time()
+        while time.time() < deadline:
+            time.sleep(0.5)
+            text = self.evaluate("document.readyState + document.body.innerText")
+            if text != last:
+                last, since = text, time.time()
+            elif time.time() - since >= SETTLE_SECONDS and str(text).startswith("complete"):
+                return
+        raise OSError(f"the page did not finish drawing within {PAGE_TIMEOUT:.0f} s")
+
+    def filter(self, text: str) -> None:
+        """Type ``text`` into the page's search box (a React input: set through the native
+        setter, then an input event) and wait for the page to settle."""
+        self.evaluate(
+            "(() => { const box = document.querySelector('input[placeholder^=\"Search\"]');"
+            "Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, 'value').set.call(box, "
+            f"{json.dumps(text)}); box.dispatchEvent(new Event('input', {{bubbles: true}})); }})()"
+        )
+        self.settle()
+
+    def screenshot(self, path: Path) -> None:
+        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
+
+    def close(self) -> None:
+        for fd in (self._write, self._read):
+            os.close(fd)
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def take(chromium: str, base: str, shots: dict[str, str], settings: dict, out: Path) -> None:
+    """Each page of ``shots`` as out/<name>, in one browser whose UI ``settings`` are set first."""
+    with tempfile.TemporaryDirectory(prefix="nnlab-chromium-") as profile:
+        browser = Browser(chromium, profile)
+        try:
+            browser.open(base)
+            script = "".join(
+                f"localStorage.setItem({json.dumps(k)}, {json.dumps(json.dumps(v))});" for k, v in settings.items()
+            )
+            browser.evaluate(script)
+            browser.open(None)  # the UI reads its settings when it starts
+            for name, url in shots.items():
+                browser.open(url)
+                if name in FILTERS:
+                    browser.filter(FILTERS[name])
+                browser.screenshot(out / name)
+                print(f"{out / name}: {url}")
+        finally:
+            browser.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,14 +243,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         uri = tracking_uri()
         port = free_port()
+        base = f"http://127.0.0.1:{port}"
         server = start_ui(uri, port, root / "mlartifacts")
         try:
-            for name, url in pages(uri, f"http://127.0.0.1:{port}").items():
-                screenshot(args.chromium, url, out / name)
-                print(f"{out / name}: {url}")
+            take(args.chromium, base, *pages(uri, base), out)
         finally:
             server.terminate()
-            server.wait(timeout=30)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
     except (TrackingError, OSError, subprocess.SubprocessError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1

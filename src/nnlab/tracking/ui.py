@@ -15,8 +15,8 @@ import argparse
 import os
 import sys
 
-from nnlab.config.errors import TrackingError, first_line
 from nnlab.config.paths import find_root
+from nnlab.errors import TrackingError, first_line
 
 PROG = "nnlab.tracking.ui"
 WORKFLOW = "workflowType=machine_learning"  # the UI's training view (its other value: genai)
