@@ -280,6 +280,7 @@ def test_srun_with_two_tasks_trains_one_run_like_lightnings_own_ddp(cluster, pro
     assert run.data.metrics["test_acc"] == test_json["test_acc"]
 
 
+@pytest.mark.slow  # beyond a minute; the srun test covers one run over two tasks
 def test_submitit_with_two_tasks_per_node_trains_one_run(cluster, project):
     started = time.time()
     run = train(
@@ -443,3 +444,60 @@ def test_a_requeued_trial_of_an_optuna_search_continues_the_same_trial(cluster, 
     assert run.data.tags["slurm_job_id"] == task and run.data.tags["slurm_restart_count"] == "1"
     assert [m.step for m in mlflow.get_metric_history(run.info.run_id, "val_loss")] == [1, 2, 3, 4, 5]
     assert study.trials[0].user_attrs["mlflow_run_id"] == run.info.run_id
+
+
+@pytest.mark.slow  # beyond a minute; tests/test_search.py kills a joblib worker in the default suite
+def test_a_sigkilled_trial_in_a_slurm_job_does_not_stall_the_study(cluster, slow_project):
+    import psutil
+
+    project = slow_project
+    env = slurm_env(cluster, NNLAB_ROOT=str(project), MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}")
+    env.pop("NNLAB_OPTUNA_STORAGE", None)
+    search = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nnlab.train",
+            "-m",
+            "hparams_search=blobs_optuna",
+            "trainer=cpu",
+            "trainer.max_epochs=3",
+            "hydra.sweeper.params={data.batch_size:1}",
+            "hydra/sweeper/pruner=none",
+            *CPU_JOB,
+            "hydra.launcher.array_parallelism=2",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.study_name=killed_trial",
+            "hydra.sweeper.heartbeat_interval=2",
+            "hydra.sweeper.grace_period=6",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        folders = project / "logs" / "multirun"
+        while not list(folders.glob("blobs_search/*/trial_0/models/last.ckpt")):
+            assert time.monotonic() < deadline and search.poll() is None, "trial 0 finished no epoch"
+            time.sleep(0.1)
+        [worker] = [
+            p
+            for p in psutil.process_iter(["cmdline", "environ"])
+            if (p.info["cmdline"] or [""])[0] == sys.executable  # the task, not srun
+            and "submitit.core._submit" in " ".join(p.info["cmdline"])
+            and (p.info["environ"] or {}).get("SLURM_ARRAY_TASK_ID") == "0"
+            and (p.info["environ"] or {}).get("NNLAB_ROOT") == str(project)
+        ]
+        worker.kill()  # SIGKILL: no handler runs, nothing is told
+        out, err = search.communicate(timeout=600)
+    finally:
+        search.kill()
+    assert search.returncode == 0, err[-3000:]
+    study = optuna.load_study(study_name="killed_trial", storage=f"sqlite:///{project / 'optuna.db'}")
+    states = {t.number: t.state for t in study.trials}
+    assert states[0] == TrialState.FAIL  # found by its silent heartbeat
+    assert TrialState.RUNNING not in states.values()
+    assert sum(s == TrialState.COMPLETE for s in states.values()) == 2  # the 2 asked for, one a retry
