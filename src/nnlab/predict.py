@@ -1,7 +1,7 @@
 """Classify image files with a trained model: ``python -m nnlab.predict --model M IMAGE...``.
 
 MODEL is a checkpoint written by nnlab (``models/<name>/best.ckpt``) or an MLflow model URI
-(``runs:/<run_id>/model``, ``models:/<name>@<alias>``). Each image is preprocessed like MNIST
+(``runs:/<run_id>/<experiment name>``, ``models:/<name>@<alias>``). Each image is preprocessed like MNIST
 (see nnlab.data.images). Exit status: 0 all classified, 1 some file failed, 2 bad model or usage.
 
 Trust: an nnlab checkpoint is data only (tensors and a checked config; nothing in it is imported
@@ -209,7 +209,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--model",
         required=True,
         help="an nnlab .ckpt (data only: nothing in it runs), or an MLflow model, which is code that "
-        "runs when it loads: runs:/<id>/model or models:/<name>@<alias> from the tracking store, "
+        "runs when it loads: runs:/<id>/<experiment name> or models:/<name>@<alias> from the tracking store, "
         "a local folder or file:// URI only with --trust-model-code",
     )
     parser.add_argument(
