@@ -220,7 +220,7 @@ def test_dvc_exp_run_lands_in_the_same_store_with_its_name(repo):
 
 
 def test_a_bad_prepare_parameter_is_one_line_and_dvc_checkout_brings_the_data_back(repo):
-    """DVC removes a stage's outputs before running it: the README's remedy must restore them."""
+    """DVC removes a stage's outputs before running it: the remedy in docs/configuration.md must restore them."""
     repo, _ = repo
     params_file = repo / "params.yaml"
     original, before = params_file.read_text(), (repo / "data" / "blobs" / "train.csv").read_bytes()
