@@ -75,7 +75,7 @@ server: install
 screenshots: install
 	python -m nnlab.screenshots
 
-# Optuna's dashboard over the search studies (README "Hyperparameter search"), loopback only:
+# Optuna's dashboard over the search studies (docs/search.md), loopback only:
 # $$NNLAB_OPTUNA_STORAGE (a team database), else optuna.db at the root. OPTUNA_PORT=8081 to move it.
 OPTUNA_PORT ?= 8080
 optuna-dashboard: install
@@ -84,7 +84,7 @@ optuna-dashboard: install
 	echo "Optuna dashboard on http://127.0.0.1:$(OPTUNA_PORT)" && \
 	optuna-dashboard "$$storage" --host 127.0.0.1 --port $(OPTUNA_PORT)
 
-# Team mode (README "Team mode", docs/deploy.md): PostgreSQL, S3 (SeaweedFS), MLflow server.
+# Team mode (docs/deploy.md): PostgreSQL, S3 (SeaweedFS), MLflow server.
 services-up: install-team
 	python -m nnlab.team up
 

