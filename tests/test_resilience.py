@@ -779,3 +779,21 @@ def test_a_copied_project_does_not_write_into_the_original_ones_artifacts(compos
         "mlartifacts/ aside to start a new one"
     )
     assert sorted(p.name for p in (project / "mlartifacts").iterdir()) == before  # the original untouched
+
+
+def test_only_errors_of_writing_become_a_storage_line():
+    import errno
+
+    from nnlab.config.paths import storage_error
+
+    denied = storage_error(OSError(errno.EACCES, "Permission denied", "/data/runs/x"))
+    assert denied.line() == (
+        "cannot write /data/runs/x (Permission denied); choose folders this user can write "
+        "(paths.log_dir, paths.models_dir, paths.metrics_dir, paths.plots_dir)"
+    )
+    assert (
+        storage_error(OSError(errno.ENOSPC, "No space left on device"))
+        .line()
+        .startswith("no space left on the disk: free space there")
+    )
+    assert storage_error(ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")) is None  # not a disk's
