@@ -216,6 +216,8 @@ def storage_error(exc: OSError) -> StorageError | None:
             "continues from the last epoch written) or write elsewhere (paths.log_dir for run folders, "
             "MLFLOW_TRACKING_URI for the tracking store); nothing half-written was kept as a result"
         )
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):  # a folder that went away under the run
+        return StorageError(f"{where or 'a file'}: {exc.strerror}; was a folder moved or deleted during the run?")
     return StorageError(
         f"cannot write {where or 'a file'} ({exc.strerror}); choose folders this user can write "
         "(paths.log_dir, paths.models_dir, paths.metrics_dir, paths.plots_dir)"
