@@ -137,7 +137,7 @@ def log_datasets(run: Run, cfg: DictConfig, datamodule, splits: tuple[str, ...])
     """The data sets as MLflow inputs (name, digest, source, schema: the UI's Dataset column);
     returns {split: (name, digest)} for metrics linked to them."""
     import mlflow.data
-    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.entities import Dataset, DatasetInput, InputTag
 
     data = data_name(cfg)
     inputs, found = [], {}
@@ -150,7 +150,9 @@ def log_datasets(run: Run, cfg: DictConfig, datamodule, splits: tuple[str, ...])
             )
         found[split] = (dataset.name, dataset.digest)
         tag = InputTag(key="mlflow.data.context", value=SPLIT_CONTEXT[split])
-        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[tag]))
+        fields = dataset.to_dict()  # name, digest, source, source type, schema, profile
+        entity = Dataset(**{k: fields.get(k) for k in ("name", "digest", "source_type", "source", "schema", "profile")})
+        inputs.append(DatasetInput(entity, tags=[tag]))
     log_inputs(run, inputs)
     return found
 
