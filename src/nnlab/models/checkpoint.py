@@ -59,7 +59,9 @@ def read_checkpoint(path: str | Path) -> dict:
             ) from None
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (its contents do not unpickle)") from None
     except Exception:  # EOFError (empty), OSError (truncated), KeyError (text), RuntimeError (bad zip)
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint (empty, cut short, or another kind of file)") from None
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint (empty, cut short, or another kind of file)"
+        ) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} was not written by nnlab (it holds a {type(state).__name__}, not a mapping)")
     return state
