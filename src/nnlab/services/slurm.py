@@ -59,6 +59,8 @@ PACKAGES = {
     "sinfo": "slurm-client",
     "sacctmgr": "slurm-client",
     "scontrol": "slurm-client",
+    "squeue": "slurm-client",
+    "scancel": "slurm-client",
 }
 START_TIMEOUT = 60
 CRED_EXPIRE = 10
