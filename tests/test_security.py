@@ -263,3 +263,11 @@ def test_predict_help_says_which_model_sources_are_code():
     assert "an nnlab .ckpt (data only: nothing in it runs)" in text
     assert "an MLflow model, which is code that runs when it loads" in text
     assert "--trust-model-code" in text
+
+
+def test_a_folder_that_is_not_an_mlflow_model_is_no_checkpoint_either(tmp_path):
+    from nnlab.predict import ModelError, load_model
+
+    with pytest.raises(ModelError) as error:
+        load_model(str(tmp_path))  # models/<name>/ given instead of its best.ckpt
+    assert str(error.value) == f"no checkpoint at {tmp_path}"

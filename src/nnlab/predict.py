@@ -44,8 +44,8 @@ def is_mlflow_uri(spec: str) -> bool:
 
 def needs_trust(spec: str) -> bool:
     """Whether loading ``spec`` would run code that is not the tracking store's: an MLflow model
-    folder given by path or by a URI other than runs:/ and models:/."""
-    return not spec.startswith(MLFLOW_SCHEMES) and ("://" in spec or Path(spec).is_dir())
+    folder given by path (one with an MLmodel file) or by a URI other than runs:/ and models:/."""
+    return not spec.startswith(MLFLOW_SCHEMES) and ("://" in spec or (Path(spec) / "MLmodel").is_file())
 
 
 def _from_checkpoint(path: str) -> Predictor:
