@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
-from nnlab.config.errors import TrackingError
 from nnlab.config.paths import Outputs, portable, retrain_command
 from nnlab.data.integrity import data_hash
+from nnlab.errors import CheckpointError, TrackingError
 from nnlab.report.tables import read_json, write_json
 from nnlab.tracking.names import data_name, experiment_name, registered_model_name
 from nnlab.tracking.trial import run_name, sweep_tags
@@ -211,17 +211,18 @@ def record_results(
     run: Run,
     cfg: DictConfig,
     out: Outputs,
+    summary: dict,
     loggable: bool,
     checkpoint: Path,
     datamodule,
     test_results: tuple[dict, list[Path]] | None,
 ) -> dict:
-    """Summary metrics, the run's files, the logged (and registered) model and the test results
-    linked to it. ``loggable``: whether the network can be logged as a model. Writes models/<name>/run.json."""
+    """Summary metrics (``summary``, what train.json holds), the run's files, the logged (and
+    registered) model and the test results linked to it. ``loggable``: whether the network can be
+    logged as a model. Writes models/<name>/run.json."""
     from nnlab.models.checkpoint import input_example
 
     mlflow_cfg = cfg.logger.mlflow
-    summary = read_json(out.metrics / "train.json")
     run.log_metrics({k: summary[k] for k in SUMMARY_METRICS})
     for path in (
         out.plots / "history.csv",
@@ -268,7 +269,7 @@ def evaluation_run_id(models_dir: Path, checkpoint_run_id: str | None, name: str
     present) must name too; a mismatch means one of them is stale (a crashed re-run)."""
     recorded = read_json(models_dir / "run.json").get("mlflow_run_id") if (models_dir / "run.json").is_file() else None
     if checkpoint_run_id and recorded and checkpoint_run_id != recorded:
-        raise ValueError(
+        raise CheckpointError(
             f"{models_dir}: best.ckpt was trained in MLflow run {checkpoint_run_id} but run.json names "
             f"run {recorded}; one of them is stale: train it again ({retrain_command(models_dir, name)})"
         )

@@ -17,10 +17,10 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from nnlab.config.errors import TrackingError, first_line
 from nnlab.config.paths import store_root
-from nnlab.config.schema import TRACKING_SCHEMES
-from nnlab.tracking.credentials import strip_credentials
+from nnlab.config.schema import TRACKING_SCHEMES, unknown_tracking_scheme
+from nnlab.errors import TrackingError, first_line
+from nnlab.tracking.credentials import credentials_to_environment
 from nnlab.tracking.sqlite import creation_lock, sqlite_file
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
@@ -155,9 +155,9 @@ def store_failure(uri: str, exc: BaseException) -> str:
 def resolve_tracking_uri(configured: str | None, root: Path) -> str:
     """``MLFLOW_TRACKING_URI``, else the config's, else a SQLite store at the repository root.
     User info in the URI moves to MLflow's credential variables (see tracking.credentials)."""
-    uri = strip_credentials(os.environ.get("MLFLOW_TRACKING_URI") or configured) or default_tracking_uri(root)
-    scheme = uri.split(":", 1)[0]
-    if ":" in uri and scheme not in TRACKING_SCHEMES:
+    uri = credentials_to_environment(os.environ.get("MLFLOW_TRACKING_URI") or configured) or default_tracking_uri(root)
+    scheme = unknown_tracking_scheme(uri)
+    if scheme:
         raise TrackingError(
             f"tracking URI {uri!r}: unknown scheme {scheme!r}; use one of {', '.join(TRACKING_SCHEMES)}"
         )
