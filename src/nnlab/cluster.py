@@ -12,43 +12,15 @@ Exit status 1 and one line ``nnlab.cluster: error: <daemon>: <reason>`` when som
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
-from nnlab.config.paths import find_root
-from nnlab.errors import fail
-from nnlab.services import slurm
-from nnlab.services.settings import ServiceError
+from nnlab.services import cli, slurm
 
 PROG = "nnlab.cluster"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("up", "down", "status"))
-    parser.add_argument("--dir", type=Path, help="the cluster's folder (default: <project root>/.cluster)")
-    return parser.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    folder = (args.dir or find_root() / ".cluster").absolute()
-    try:
-        if args.command == "up":
-            lines = slurm.up(folder)
-            lines.append(f"env: {folder / 'env'} (source it to use the cluster: sinfo, sbatch, srun, sacct)")
-            ok = True
-        elif args.command == "down":
-            lines, ok = slurm.down(folder), True
-        else:
-            lines, ok = slurm.status(folder)
-    except ServiceError as exc:
-        fail(PROG, str(exc), code=1)
-    except KeyboardInterrupt:
-        fail(PROG, "interrupted", code=130)
-    print("\n".join(lines))
-    return 0 if ok else 3
+    return cli.run(PROG, __doc__, slurm, ".cluster", "source it to use the cluster: sinfo, sbatch, srun, sacct", argv)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from nnlab import slurm_job
 from nnlab.config.compose import hydra_main
 from nnlab.config.paths import (
     Outputs,
@@ -30,6 +29,7 @@ from nnlab.config.schema import ConfigError, check
 from nnlab.errors import NnlabError, fail, report
 from nnlab.report import plots
 from nnlab.report.tables import print_summary, write_json, write_yaml
+from nnlab.training import slurm as slurm_job
 
 # Lightning, MLflow and torch are imported where a run needs them, so that `--help`, a config
 # error and Hydra's start-up do not wait seconds for them.

@@ -104,13 +104,25 @@ def canonical_outputs(outputs: str) -> bool:
     return outputs == "canonical" or (outputs == "auto" and bool(os.environ.get("DVC_STAGE")))
 
 
+def in_slurm_task() -> bool:
+    """A Slurm task: a batch script or an srun step (an ``salloc`` shell is neither)."""
+    return bool(os.environ.get("SLURM_JOB_ID")) and os.environ.get("SLURM_PROCID") is not None
+
+
+def slurm_run_stamp() -> str | None:
+    """``slurm-<job id>`` (batch script) or ``slurm-<job id>.<step id>`` (srun step) in a Slurm
+    task, else None."""
+    if not in_slurm_task():
+        return None
+    step = os.environ.get("SLURM_STEP_ID")
+    return f"slurm-{os.environ['SLURM_JOB_ID']}" + (f".{step}" if step else "")
+
+
 def run_stamp() -> str:
     """A new run folder's name (``${nnlab_run_stamp:}`` in ``hydra.run.dir``): the time with
     microseconds; in a Slurm task ``slurm-<job id>[.<step id>]``, the same for every task of a
-    multi-process run and for a requeued job's restart (nnlab.slurm_job)."""
-    from nnlab.slurm_job import run_stamp as slurm_stamp
-
-    return slurm_stamp() or f"{datetime.now():%Y-%m-%d_%H-%M-%S-%f}"
+    multi-process run and for a requeued job's restart (nnlab.training.slurm)."""
+    return slurm_run_stamp() or f"{datetime.now():%Y-%m-%d_%H-%M-%S-%f}"
 
 
 def new_run_folder(log_dir: str | Path, name: str) -> Path:

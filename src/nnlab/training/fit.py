@@ -20,12 +20,12 @@ from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig
 from torch import nn
 
-from nnlab import slurm_job
 from nnlab.models.checkpoint import CONFIG_KEY, PROCESS_KEY, RUN_ID_KEY, process_identity
 from nnlab.models.module import Classifier
 from nnlab.models.networks import count_parameters
 from nnlab.models.summary import format_summary, summarize
 from nnlab.training import blocks, numpy_loop
+from nnlab.training import slurm as slurm_job
 from nnlab.training.checkpoint_io import AtomicCheckpointIO
 from nnlab.training.history import EpochHistory
 

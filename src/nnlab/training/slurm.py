@@ -28,22 +28,10 @@ import subprocess
 import warnings
 from pathlib import Path
 
+from nnlab.config.paths import in_slurm_task as in_task
+
 REQUEUE_SIGNAL = signal.SIGUSR1  # submitit's own warning signal is USR2 (hydra/launcher=slurm handles it)
 _log = logging.getLogger(__name__)
-
-
-def in_task() -> bool:
-    """A Slurm task: a batch script or an srun step (an ``salloc`` shell is neither)."""
-    return bool(os.environ.get("SLURM_JOB_ID")) and os.environ.get("SLURM_PROCID") is not None
-
-
-def run_stamp() -> str | None:
-    """``slurm-<job id>`` (batch script) or ``slurm-<job id>.<step id>`` (srun step) in a Slurm
-    task, else None."""
-    if not in_task():
-        return None
-    step = os.environ.get("SLURM_STEP_ID")
-    return f"slurm-{os.environ['SLURM_JOB_ID']}" + (f".{step}" if step else "")
 
 
 def restart_count() -> int:
