@@ -198,7 +198,7 @@ def test_a_training_through_the_tracking_server_lands_in_postgres_and_the_object
 
     mlflow.set_tracking_uri(team.tracking_uri)
     try:
-        model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+        model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/team_run")  # named after the run
         points = np.random.default_rng(0).normal(size=(5, 2)).astype(np.float32)
         assert len(labels_of(model.predict(points))) == 5
     finally:
