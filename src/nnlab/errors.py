@@ -55,6 +55,12 @@ class TrackingError(NnlabError, RuntimeError):
     in nnlab.tracking, so that a stage can catch it without importing MLflow."""
 
 
+class SearchError(NnlabError, ValueError):
+    """A search setting that cannot work (one-line message: the key, what was wrong, what is allowed).
+    Here, not in the sweeper plugin: Hydra executes the plugin's modules anew at every plugin scan,
+    so a class defined there is a new class each time and ``except SearchError`` would miss it."""
+
+
 class CheckpointError(NnlabError, ValueError):
     """A checkpoint that nnlab did not write, is damaged, or does not fit the experiment."""
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from nnlab.errors import NnlabError
+from nnlab.errors import SearchError
 from nnlab.tracking.credentials import STORAGE_ENV, redacted
 from nnlab.tracking.sqlite import creation_lock
 
@@ -26,10 +26,6 @@ from .config import TABLES
 METRICS = {"val_acc": ("val/acc", "maximize"), "val_loss": ("val/loss", "minimize")}
 RETRIES = 8
 _log = logging.getLogger(__name__)
-
-
-class SearchError(NnlabError, ValueError):
-    """A search setting that cannot work (one-line message: the key, what was wrong, what is allowed)."""
 
 
 # ---------------------------------------------------------------- storage
