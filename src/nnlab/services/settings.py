@@ -52,8 +52,27 @@ def port_in_use(port: int) -> bool:
         return sock.connect_ex((HOST, port)) == 0
 
 
+class ServiceFolder:
+    """The places every services folder has (the team services', the Slurm cluster's): the env
+    file, the daemons' logs and their PID files. A dataclass below declares ``dir``."""
+
+    dir: Path
+
+    @property
+    def env_file(self) -> Path:
+        return self.dir / ENV_FILE
+
+    @property
+    def logs(self) -> Path:
+        return self.dir / "logs"
+
+    @property
+    def pids(self) -> Path:
+        return self.dir / "pids"
+
+
 @dataclass
-class Settings:
+class Settings(ServiceFolder):
     dir: Path
     pg_port: int = DEFAULT_PORTS["NNLAB_PG_PORT"]
     pg_password: str = ""
@@ -67,18 +86,6 @@ class Settings:
     dvc_bucket: str = DVC_BUCKET
 
     # ---- derived values -------------------------------------------------------------------
-    @property
-    def env_file(self) -> Path:
-        return self.dir / ENV_FILE
-
-    @property
-    def logs(self) -> Path:
-        return self.dir / "logs"
-
-    @property
-    def pids(self) -> Path:
-        return self.dir / "pids"
-
     @property
     def s3_endpoint(self) -> str:
         return f"http://{HOST}:{self.s3_port}"

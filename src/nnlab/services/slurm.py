@@ -33,9 +33,16 @@ from pathlib import Path
 
 from nnlab.config.paths import exclusive_lock
 from nnlab.services.process import PidFile, log_hint, spawn, wait_until
-from nnlab.services.settings import HOST, ServiceError, free_port, port_in_use, read_env_file
+from nnlab.services.settings import (
+    ENV_FILE,
+    HOST,
+    ServiceError,
+    ServiceFolder,
+    free_port,
+    port_in_use,
+    read_env_file,
+)
 
-ENV_FILE = "env"
 CLUSTER_NAME = "nnlab"
 PARTITION = "nnlab"
 DATABASE = "slurm_acct_db"
@@ -68,7 +75,7 @@ IDLE_TIMEOUT = 60
 
 
 @dataclass
-class Cluster:
+class Cluster(ServiceFolder):
     """The folder, ports and names of one project's cluster, kept in ``<dir>/env``."""
 
     dir: Path
@@ -79,24 +86,12 @@ class Cluster:
 
     # ---- places -----------------------------------------------------------------------------
     @property
-    def env_file(self) -> Path:
-        return self.dir / ENV_FILE
-
-    @property
     def etc(self) -> Path:
         return self.dir / "etc"
 
     @property
     def conf(self) -> Path:
         return self.etc / "slurm.conf"
-
-    @property
-    def logs(self) -> Path:
-        return self.dir / "logs"
-
-    @property
-    def pids(self) -> Path:
-        return self.dir / "pids"
 
     @property
     def munge_socket(self) -> Path:
