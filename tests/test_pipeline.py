@@ -148,6 +148,8 @@ def test_plots_page_renders_offline_in_headless_chromium(repo, tmp_path):
     to a closed port, each chart still draws (a canvas with a size) and no script is remote."""
     import re
 
+    from nnlab.screenshots import CHROMIUM_FLAGS
+
     repo, _ = repo
     _run(repo, "dvc", "plots", "show", "-o", "dvc_plots")
     page = (repo / "dvc_plots" / "index.html").read_text()
@@ -155,13 +157,7 @@ def test_plots_page_renders_offline_in_headless_chromium(repo, tmp_path):
     dom = subprocess.run(
         [
             "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
+            *CHROMIUM_FLAGS,
             f"--user-data-dir={tmp_path / 'chromium'}",
             "--proxy-server=http://127.0.0.1:9",
             "--virtual-time-budget=20000",

@@ -38,6 +38,7 @@ PROG = "nnlab.screenshots"
 WINDOW = (1700, 1000)
 SETTLE_SECONDS = 3.0  # a page is drawn once its text has not changed for this long
 PAGE_TIMEOUT = 120.0
+# A headless browser that fetches nothing of its own (the tests render pages with these too).
 CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -46,8 +47,6 @@ CHROMIUM_FLAGS = (
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
-    "--hide-scrollbars",
-    "--remote-debugging-pipe",
 )
 # The runs table's columns beside the run's name: what a person compares.
 COLUMNS = [
@@ -136,7 +135,8 @@ class Browser:
             os.dup2(ends[0], 3)
             os.dup2(ends[1], 4)
 
-        command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={WINDOW[0]},{WINDOW[1]}"]
+        command = [chromium, *CHROMIUM_FLAGS, "--hide-scrollbars", "--remote-debugging-pipe"]
+        command += [f"--user-data-dir={profile}", f"--window-size={WINDOW[0]},{WINDOW[1]}"]
         self.process = subprocess.Popen(
             command, preexec_fn=pipes, pass_fds=(3, 4), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
