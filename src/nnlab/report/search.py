@@ -18,7 +18,9 @@ from pathlib import Path
 from nnlab.report import plots
 from nnlab.tracking.credentials import redacted
 
-PARALLEL_CMAP = "viridis"  # Optuna's default (Blues) draws the worst trials near white
+# Optuna's default (Blues) draws the worst trials near white; viridis without its palest yellow
+# keeps every line visible on white.
+PARALLEL_CMAP = ("viridis", 0.88)
 
 MAX_ROWS = 50
 
@@ -31,7 +33,7 @@ def _plots(study, metric: str, folder: Path) -> tuple[list[Path], list[str]]:
 
     drawn, skipped = [], []
     charts = {
-        "history": lambda: vis.plot_optimization_history(study, target_name=metric),
+        "history": lambda: _whole_trials(vis.plot_optimization_history(study, target_name=metric)),
         "importances": lambda: vis.plot_param_importances(
             study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), target_name=metric
         ),
@@ -49,16 +51,28 @@ def _plots(study, metric: str, folder: Path) -> tuple[list[Path], list[str]]:
     return drawn, skipped
 
 
+def _whole_trials(ax):
+    """Trial numbers on the x axis, never 2.5."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return ax
+
+
 def _readable(ax):
     """Optuna's parallel coordinates with room for every axis's labels and visible lines."""
+    import matplotlib
+    import numpy as np
+    from matplotlib.colors import ListedColormap
+
+    name, top = PARALLEL_CMAP
+    cmap = ListedColormap(matplotlib.colormaps[name](np.linspace(0.0, top, 256)))
     axes = len(ax.figure.axes)
     ax.figure.set_size_inches(max(8.0, 2.2 * axes), 5.5)
-    for collection in ax.collections:
-        collection.set_cmap(PARALLEL_CMAP)
     for other in ax.figure.axes:
-        for image in other.collections:
-            image.set_cmap(PARALLEL_CMAP)
-        other.tick_params(labelsize=8)
+        for collection in other.collections:
+            collection.set_cmap(cmap)
+        other.tick_params(which="both", labelsize=8)  # a log axis labels its minor ticks too
     ax.tick_params(axis="x", labelrotation=15)
     ax.figure.tight_layout()
     return ax
