@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,6 +130,33 @@ def test_exit_now_does_not_wait_for_the_idle_workers_of_an_uncollected_thread_po
     to check its input example); exit_now waited on its workers for ever."""
     proc = fresh_python(POOL, timeout=60)
     assert (proc.returncode, proc.stdout) == (4, "3"), proc.stderr[-2000:]
+
+
+def test_a_recorded_process_is_alive_only_while_that_very_process_runs():
+    """The one answer every record (a checkpoint's writer, a run's process, a service's PID file)
+    gets: a pid that runs, started when recorded; a zombie, a pid that runs no more, or one now
+    naming a process started at another time is gone."""
+    import os
+    import socket
+    import time
+
+    from nnlab.config.process import alive, identity, start_time
+
+    me = identity()
+    assert (me["host"], me["pid"]) == (socket.gethostname(), os.getpid()) and me["started"].isdigit()
+    child = subprocess.Popen(["sleep", "300"])
+    started = start_time(child.pid)
+    assert alive(child.pid) and alive(child.pid, started)
+    assert not alive(child.pid, str(int(started) + 1))  # its pid, given to another process since
+    child.kill()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert not alive(child.pid)  # a zombie not yet waited for has ended
+    child.wait()
+    assert not alive(child.pid) and start_time(child.pid) is None
+    assert not any(alive(pid) for pid in (0, -1, -os.getpgid(0)))  # never a signal to a process group
 
 
 def test_a_finished_training_and_evaluation_leave_their_run_complete(project):

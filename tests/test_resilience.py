@@ -167,32 +167,50 @@ def test_a_checkpoint_writer_is_alive_only_while_that_very_process_runs(tmp_path
 
 
 def test_a_run_left_running_by_a_dead_process_is_marked_killed_by_the_next_run(compose, project, tmp_path):
+    """Dead: its pid runs no more, or (a pid given to another process since) the process running
+    under it started at another time than the one the run recorded."""
+    import socket
+
+    from nnlab.config.process import start_time
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
+    other = subprocess.Popen(["sleep", "300"])  # a live process under a pid the run says was its own
     client = MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment("nnlab-blobs")
-    import socket
+    host = socket.gethostname()
 
-    stale = client.create_run(
-        experiment, run_name="blobs_linear", tags={"nnlab.host": socket.gethostname(), "nnlab.pid": str(dead.pid)}
-    )
-    alive = client.create_run(
-        experiment, run_name="blobs_linear", tags={"nnlab.host": socket.gethostname(), "nnlab.pid": str(os.getpid())}
-    )
-    train(
-        compose(
-            "experiment=blobs_linear",
-            "trainer.max_epochs=1",
-            f"logger.mlflow.tracking_uri={uri}",
-            "logger.mlflow.log_model=false",
+    def left_running(pid: int, started: str | None = None):
+        tags = {"nnlab.host": host, "nnlab.pid": str(pid), **({"nnlab.started": started} if started else {})}
+        return client.create_run(experiment, run_name="blobs_linear", tags=tags).info.run_id
+
+    try:
+        stale = left_running(dead.pid)
+        reused = left_running(other.pid, str(int(start_time(other.pid)) - 1))
+        alive = left_running(os.getpid(), start_time(os.getpid()))
+        unknown_start = left_running(other.pid)  # recorded before start times were: the pid decides
+        train(
+            compose(
+                "experiment=blobs_linear",
+                "trainer.max_epochs=1",
+                f"logger.mlflow.tracking_uri={uri}",
+                "logger.mlflow.log_model=false",
+            )
         )
-    )
-    assert client.get_run(stale.info.run_id).info.status == "KILLED"
-    assert client.get_run(stale.info.run_id).data.tags["killed_reason"] == (
-        f"process {dead.pid} on {socket.gethostname()} died while the run was RUNNING"
-    )
-    assert client.get_run(alive.info.run_id).info.status == "RUNNING"  # its process lives: left alone
+        assert other.poll() is None  # still running: its pid alone would have kept the run RUNNING
+    finally:
+        other.kill()
+        other.wait()
+    for run_id, pid in ((stale, dead.pid), (reused, other.pid)):
+        assert client.get_run(run_id).info.status == "KILLED"
+        assert client.get_run(run_id).data.tags["killed_reason"] == (
+            f"process {pid} on {host} died while the run was RUNNING"
+        )
+    assert client.get_run(alive).info.status == "RUNNING"  # its process lives: left alone
+    assert client.get_run(unknown_start).info.status == "RUNNING"
+    [new] = [r for r in _runs(uri, "blobs_linear")[1] if r.info.run_id not in (stale, reused, alive, unknown_start)]
+    assert new.data.tags["nnlab.started"] == start_time(os.getpid())  # what the next check compares
 
 
 def test_a_run_that_finished_between_the_search_and_the_liveness_check_stays_finished(tmp_path):

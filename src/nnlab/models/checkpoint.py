@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from nnlab.config.process import alive, identity
 from nnlab.config.schema import ConfigError, check_group
 from nnlab.errors import CheckpointError, NnlabError
 from nnlab.models.networks import NETWORKS
@@ -91,19 +92,9 @@ class WriterAlive(NnlabError, RuntimeError):
     """The process that wrote a checkpoint is still running (one-line message naming it)."""
 
 
-def _start_time(pid: int) -> str | None:
-    """When process ``pid`` started, in clock ticks since boot (Linux's /proc/<pid>/stat, field 22):
-    with the pid it names one process, even after the pid is reused. None where unknown."""
-    try:
-        fields_after_name = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return fields_after_name[19] if fields_after_name[0] != "Z" else "zombie"
-
-
 def process_identity() -> dict:
     """This process, as a checkpoint records it: host name, pid and start time."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _start_time(os.getpid())}
+    return identity()
 
 
 def live_writer(state: dict) -> dict | None:
@@ -113,16 +104,7 @@ def live_writer(state: dict) -> dict | None:
     if not isinstance(writer, dict) or writer.get("host") != socket.gethostname():
         return None
     pid = writer.get("pid")
-    if type(pid) is not int or pid <= 0 or pid == os.getpid():
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass  # alive, another user's
-    started = _start_time(pid)
-    if started == "zombie" or (writer.get("started") and started and started != writer["started"]):
+    if type(pid) is not int or pid == os.getpid() or not alive(pid, writer.get("started")):
         return None  # exited, or the pid now belongs to another process
     return writer
 

@@ -18,6 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from nnlab.config.paths import store_root
+from nnlab.config.process import alive, identity
 from nnlab.config.schema import TRACKING_SCHEMES, unknown_tracking_scheme
 from nnlab.errors import TrackingError, first_line
 from nnlab.tracking.credentials import credentials_to_environment
@@ -324,7 +325,7 @@ def open_run(
         with store_lock(uri):  # a new SQLite store is created and migrated by one process at a time
             client = MlflowClient(tracking_uri=uri)
             exp_id = experiment_id(client, experiment, root, uri)
-        mark_dead_runs_killed(client, exp_id, run_name)
+        mark_dead_runs_killed(client, exp_id, run_name, keep=resume_id)
         if resume_id:
             client.update_run(resume_id, status=RunStatus.to_string(RunStatus.RUNNING))
             for key, value in (tags or {}).items():
@@ -389,24 +390,18 @@ def system_metrics(run: Run, interval: float | None, resumed: bool = False) -> I
 
 
 def process_tags() -> dict[str, str]:
-    """Which process runs this: a later run uses it to tell a dead run from a live one."""
-    return {"nnlab.host": socket.gethostname(), "nnlab.pid": str(os.getpid())}
+    """Which process runs this (host, pid and start time: a pid alone may be given to another
+    process later): a later run uses it to tell a dead run from a live one."""
+    me = identity()
+    return {"nnlab.host": me["host"], "nnlab.pid": str(me["pid"]), "nnlab.started": str(me["started"] or "")}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def mark_dead_runs_killed(client: MlflowClient, exp_id: str, run_name: str) -> list[str]:
-    """Runs named ``run_name`` still RUNNING whose process on this host is gone: KILLED, with a tag.
-    The status is read again once the process is known to be gone: one that ended its run
-    FINISHED and exited between the search and the check did not die while RUNNING."""
+def mark_dead_runs_killed(client: MlflowClient, exp_id: str, run_name: str, keep: str | None = None) -> list[str]:
+    """Runs named ``run_name`` still RUNNING whose process on this host is gone (its pid no longer
+    runs, or now names a process started at another time): KILLED, with a tag; ``keep`` (a run
+    being resumed) is left alone. The status is read again once the process is known to be gone:
+    one that ended its run FINISHED and exited between the search and the check did not die while
+    RUNNING."""
     host = socket.gethostname()
     runs = client.search_runs(
         [exp_id], filter_string=f"attributes.run_name = '{run_name}' and attributes.status = 'RUNNING'"
@@ -415,7 +410,9 @@ def mark_dead_runs_killed(client: MlflowClient, exp_id: str, run_name: str) -> l
     for found in runs:
         tags = found.data.tags
         pid = tags.get("nnlab.pid", "")
-        if tags.get("nnlab.host") != host or not pid.isdigit() or _alive(int(pid)):
+        if found.info.run_id == keep or tags.get("nnlab.host") != host or not pid.isdigit():
+            continue
+        if alive(int(pid), tags.get("nnlab.started") or None):
             continue
         if client.get_run(found.info.run_id).info.status == "RUNNING":
             client.set_tag(
