@@ -754,13 +754,24 @@ def test_a_full_disk_under_the_tracking_store_is_one_line_and_leaves_no_run_runn
     assert recorded in ("[]", '["FAILED"]'), proc.stdout  # never RUNNING
 
 
-def test_an_output_folder_that_cannot_be_created_is_one_line(project):
-    proc = run_module("nnlab.train", "experiment=blobs_linear", "trainer=cpu", "paths.log_dir=/proc/nnlab", cwd=project)
+@pytest.mark.parametrize(
+    "how",
+    [
+        ["experiment=blobs_linear"],
+        ["-m", "experiment=blobs_linear", "optimizer.lr=0.01,0.1"],
+        ["-m", "hparams_search=blobs_optuna", "hydra.sweeper.n_trials=2"],
+    ],
+    ids=["run", "sweep", "search"],
+)
+def test_an_output_folder_that_cannot_be_created_is_one_line(project, how):
+    proc = run_module("nnlab.train", *how, "trainer=cpu", "paths.log_dir=/proc/nnlab", cwd=project, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "nnlab.train: error: config: paths.log_dir: cannot create /proc/nnlab (No such file or directory); "
         "choose a folder you can write"
     ]
+    # before anything was opened: no parent run (RUNNING or not), no study, no trial
+    assert not (project / "mlflow.db").exists() and not (project / "optuna.db").exists()
 
 
 def test_a_tracking_store_file_that_is_not_a_database_is_one_line(project, tmp_path):

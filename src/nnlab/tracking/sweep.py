@@ -23,7 +23,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from nnlab.config.paths import find_root
-from nnlab.errors import TrackingError, fail
+from nnlab.errors import TrackingError, fail, report
 from nnlab.tracking.credentials import redacted
 from nnlab.tracking.trial import PARENT_ENV, SWEPT_ENV
 
@@ -189,6 +189,22 @@ def swept_keys(overrides: Iterable[str]) -> list[str]:
     return [o.key_or_group for o in parsed if o.is_sweep_override()]
 
 
+def check_log_dir(config: DictConfig) -> None:
+    """A sweep's or a search's folder goes under ``paths.log_dir``: one that cannot be created is
+    one line now, before any parent run or study exists (Hydra's launcher would fail creating the
+    sweep folder with a page of chained tracebacks, and an Optuna search would fail every trial)."""
+    from nnlab.config.paths import check_writable
+    from nnlab.config.schema import ConfigError
+
+    paths = config.get("paths")
+    if not paths or not paths.get("log_dir"):
+        return
+    try:
+        check_writable(paths.log_dir, "paths.log_dir")
+    except ConfigError as exc:
+        report(f"nnlab.{config.hydra.job.name}", exc)
+
+
 class MlflowSweepCallback(Callback):
     """Hydra builds it for every command, single runs included: MLflow is imported only when a
     grid sweep starts with tracking on (``evaluate logger=none`` and the like import none of it).
@@ -198,6 +214,7 @@ class MlflowSweepCallback(Callback):
         self.parent: SweepParent | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_log_dir(config)
         if config.hydra.sweeper.get("_target_") == SEARCH_SWEEPER:
             return
         self.parent = SweepParent.open(config, f"sweep: {config.name}", {})
