@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+from nnlab.config.schema import ParamsError, check_section
 from nnlab.data import blobs, idx, integrity, mnist
 from nnlab.data.idx import FILES, DataError
 
@@ -392,30 +394,57 @@ def test_blobs_write_leaves_nothing_half_written(blobs_dir, monkeypatch):
 
 
 # 6. params.yaml validation ------------------------------------------------------------------
+# The prepare stages' sections are checked by the config schemas' mechanism (check_section):
+# the line printed is ParamsError's label, "params.yaml ", and "<section>.<key>: ...".
+
+
+def params_error(section: str, values: object) -> str:
+    """The one line a prepare stage prints for ``values`` as its params.yaml ``section``."""
+    schema = {"blobs": blobs.BlobsParams, "mnist": mnist.MnistParams}[section]
+    with pytest.raises(ParamsError) as caught:
+        check_section(section, schema, values)
+    line = caught.value.line()
+    assert "\n" not in line and line == line.strip() and caught.value.exit_code == 2
+    return line
+
 
 BLOBS_OK = {"n_samples": 500, "centers": 3, "n_features": 2, "random_state": 42, "test_size": 0.2}
 
 
 def test_params_of_the_repository_pass():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert blobs.check_params(params["blobs"]) == params["blobs"]
-    checked = mnist.check_params(params["mnist"])
-    assert checked == {**params["mnist"], "md5": None}
+    assert asdict(check_section("blobs", blobs.BlobsParams, params["blobs"])) == params["blobs"]
+    checked = check_section("mnist", mnist.MnistParams, params["mnist"])
+    assert asdict(checked) == {**params["mnist"], "md5": None}
 
 
 @pytest.mark.parametrize(
     "change, message",
     [
         ({"test_size": 1.5}, "params.yaml blobs.test_size: must be a number in (0, 1), got 1.5"),
-        ({"test_size": 0}, "params.yaml blobs.test_size: must be a number in (0, 1), got 0"),
+        ({"test_size": 0}, "params.yaml blobs.test_size: must be a number in (0, 1), got 0.0"),
         ({"test_size": float("nan")}, "params.yaml blobs.test_size: must be a number in (0, 1), got nan"),
-        ({"test_size": "0.2"}, "params.yaml blobs.test_size: must be a number in (0, 1), got '0.2'"),
-        ({"centers": True}, "params.yaml blobs.centers: must be an integer >= 2, got True"),
+        (
+            {"test_size": "a fifth"},
+            "params.yaml blobs.test_size: Value 'a fifth' of type 'str' could not be converted to Float",
+        ),
+        ({"centers": True}, "params.yaml blobs.centers: Value 'True' of type 'bool' could not be converted to Integer"),
         ({"centers": 1}, "params.yaml blobs.centers: must be an integer >= 2, got 1"),
-        ({"n_features": "abc"}, "params.yaml blobs.n_features: must be an integer >= 1, got 'abc'"),
-        ({"n_features": 2.0}, "params.yaml blobs.n_features: must be an integer >= 1, got 2.0"),
+        (
+            {"n_features": "abc"},
+            "params.yaml blobs.n_features: Value 'abc' of type 'str' could not be converted to Integer",
+        ),
+        ({"n_features": 0}, "params.yaml blobs.n_features: must be an integer >= 1, got 0"),
+        (
+            {"n_features": 2.0},
+            "params.yaml blobs.n_features: Value '2.0' of type 'float' could not be converted to Integer",
+        ),
         ({"n_samples": 5}, "params.yaml blobs.n_samples: must be an integer >= 2 * blobs.centers = 6, got 5"),
         ({"random_state": -1}, "params.yaml blobs.random_state: must be an integer in 0..4294967295, got -1"),
+        (
+            {"random_state": 2**32},
+            "params.yaml blobs.random_state: must be an integer in 0..4294967295, got 4294967296",
+        ),
         (
             {"n_samples": 6, "test_size": 0.9},
             "params.yaml blobs.test_size: 0.9 of 6 samples leaves 0 for training and 6 for validation; both need at least 1",
@@ -427,16 +456,19 @@ def test_params_of_the_repository_pass():
     ],
 )
 def test_blobs_params_rejected(change, message):
-    assert error_of(blobs.check_params, {**BLOBS_OK, **change}) == message
+    assert params_error("blobs", {**BLOBS_OK, **change}) == message
 
 
-def test_blobs_params_missing_key_and_types_returned():
+def test_blobs_params_missing_key_not_a_mapping_and_types_returned():
     params = dict(BLOBS_OK)
     del params["random_state"]
-    assert error_of(blobs.check_params, params) == "params.yaml blobs.random_state: missing"
-    checked = blobs.check_params({**BLOBS_OK, "n_samples": np.int64(40), "test_size": 1 / 4})
-    assert checked == {**BLOBS_OK, "n_samples": 40, "test_size": 0.25}
-    assert type(checked["n_samples"]) is int and type(checked["test_size"]) is float
+    assert params_error("blobs", params) == "params.yaml blobs.random_state: missing"
+    assert params_error("blobs", [1, 2]) == (
+        "params.yaml blobs: must be a mapping of n_samples, centers, n_features, random_state, test_size, got [1, 2]"
+    )
+    checked = check_section("blobs", blobs.BlobsParams, {**BLOBS_OK, "n_samples": 40, "test_size": 1 / 4})
+    assert asdict(checked) == {**BLOBS_OK, "n_samples": 40, "test_size": 0.25}
+    assert type(checked.n_samples) is int and type(checked.test_size) is float
 
 
 MNIST_OK = {"source": "auto", "dir": None, "val_size": 5000, "seed": 42}
@@ -454,13 +486,19 @@ MNIST_OK = {"source": "auto", "dir": None, "val_size": 5000, "seed": 42}
             {"source": "dir", "dir": "/no/such/folder"},
             "params.yaml mnist.dir: '/no/such/folder' is not an existing folder",
         ),
-        ({"dir": 3}, "params.yaml mnist.dir: must be null or a folder path, got 3"),
+        ({"dir": "  "}, "params.yaml mnist.dir: must be null or a folder path, got '  '"),
         ({"val_size": 0}, "params.yaml mnist.val_size: must be an integer in 1..59999, got 0"),
         ({"val_size": 60000}, "params.yaml mnist.val_size: must be an integer in 1..59999, got 60000"),
-        ({"val_size": True}, "params.yaml mnist.val_size: must be an integer in 1..59999, got True"),
-        ({"val_size": "abc"}, "params.yaml mnist.val_size: must be an integer in 1..59999, got 'abc'"),
+        (
+            {"val_size": True},
+            "params.yaml mnist.val_size: Value 'True' of type 'bool' could not be converted to Integer",
+        ),
+        (
+            {"val_size": "abc"},
+            "params.yaml mnist.val_size: Value 'abc' of type 'str' could not be converted to Integer",
+        ),
         ({"seed": -3}, "params.yaml mnist.seed: must be an integer >= 0, got -3"),
-        ({"seed": 1.5}, "params.yaml mnist.seed: must be an integer >= 0, got 1.5"),
+        ({"seed": 1.5}, "params.yaml mnist.seed: Value '1.5' of type 'float' could not be converted to Integer"),
         (
             {"md5": {"train-images-idx3-ubyte": "xyz"}},
             "params.yaml mnist.md5.train-images-idx3-ubyte: must be 32 hex digits, got 'xyz'",
@@ -475,14 +513,30 @@ MNIST_OK = {"source": "auto", "dir": None, "val_size": 5000, "seed": 42}
     ],
 )
 def test_mnist_params_rejected(change, message):
-    assert error_of(mnist.check_params, {**MNIST_OK, **change}) == message
+    assert params_error("mnist", {**MNIST_OK, **change}) == message
 
 
 def test_mnist_params_dir_source(raw_dir):
     folder, md5s = raw_dir
-    checked = mnist.check_params({"source": "dir", "dir": str(folder), "val_size": 100, "seed": 0, "md5": md5s})
-    assert checked == {"source": "dir", "dir": str(folder), "val_size": 100, "seed": 0, "md5": md5s}
-    assert error_of(mnist.check_params, {"source": "dir", "dir": str(folder)}) == "params.yaml mnist.val_size: missing"
+    upper = {name: value.upper() for name, value in md5s.items()}
+    params = {"source": "dir", "dir": str(folder), "val_size": 100, "seed": 0, "md5": upper}
+    checked = check_section("mnist", mnist.MnistParams, params)
+    assert asdict(checked) == {**params, "md5": md5s}  # md5s compared in lower case
+    assert params_error("mnist", {"source": "dir", "dir": str(folder)}) == "params.yaml mnist.val_size: missing"
+
+
+def test_a_prepare_stage_prints_the_params_line_and_writes_nothing(tmp_path, capsys):
+    from nnlab import prepare_blobs
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"blobs": {**BLOBS_OK, "centers": 1}, "mnist": {"val_size": "bad"}}))
+    with pytest.raises(SystemExit) as stopped:
+        prepare_blobs.main(["--params", str(params), "--out", str(tmp_path / "blobs")])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "nnlab.prepare_blobs: error: params.yaml blobs.centers: must be an integer >= 2, got 1"
+    ]
+    assert not (tmp_path / "blobs").exists()
 
 
 # 7. data.num_classes / data.input_shape against the data ---------------------------------------

@@ -15,9 +15,9 @@ EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_composes_validates_and_builds(compose, name):
     cfg = compose(f"experiment={name}")
-    checked = validate(cfg)
+    validate(cfg)  # checks, returns nothing: the code goes on reading cfg
     assert cfg.name == name
-    assert checked["trainer"].max_epochs >= 1
+    assert cfg.trainer.max_epochs >= 1
     net = instantiate(cfg.model)
     count = net.parameter_count() if hasattr(net, "parameter_count") else sum(p.numel() for p in net.parameters())
     assert count > 0
@@ -73,7 +73,9 @@ def test_the_optimizer_implementation_is_one_torch_has(compose, overrides, messa
     with pytest.raises(ConfigError) as info:
         validate(compose("model=mlp", *overrides))
     assert str(info.value) == message
-    assert validate(compose("model=mlp", "optimizer=sgd", "optimizer.fused=true"))["optimizer"].fused is True
+    fused = compose("model=mlp", "optimizer=sgd", "optimizer.fused=true")
+    validate(fused)
+    assert fused.optimizer.fused is True
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -138,7 +140,8 @@ def test_readme_training_examples_compose_and_validate(compose, args):
     overrides = [
         a.split("=")[0] + "=" + a.split("=", 1)[1].split(",")[0] for a in args if "=" in a and not a.startswith("hydra")
     ]
-    assert overrides and validate(compose(*overrides))
+    assert overrides
+    validate(compose(*overrides))
 
 
 SCHEMA_GROUPS = ("data", "model", "optimizer", "scheduler", "trainer", "logger", "paths")
@@ -190,3 +193,127 @@ def test_train_yaml_is_the_one_source_of_the_root_values():
     written = yaml.safe_load((REPO / "conf" / "train.yaml").read_text())
     for f in dataclasses.fields(RootConfig):
         assert f.name in written and f.default == MISSING, f.name
+
+
+# ---- schemas registered beside their classes (docs/extending.md) -------------------------------
+
+OWN_MODULE = """
+from dataclasses import dataclass
+
+from omegaconf import MISSING
+
+from nnlab.config.schema import DataSchema, check, register_schema
+
+
+class SquaresDataModule:  # never built here: the check needs only the schema
+    pass
+
+
+@register_schema("data")
+@dataclass
+class SquaresData(DataSchema):
+    _target_: str = "{module}.SquaresDataModule"
+    side: int = MISSING
+
+    def __post_init__(self):
+        super().__post_init__()
+        check(self.side % 2 == 0, "side", f"must be even, got {{self.side}}")
+"""
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """SCHEMAS as it is, restored after the test (a schema registered here stays here)."""
+    from nnlab.config.schema import SCHEMAS
+
+    for group in SCHEMAS:
+        monkeypatch.setitem(SCHEMAS, group, dict(SCHEMAS[group]))
+    return SCHEMAS
+
+
+@pytest.fixture
+def own_module(tmp_path, monkeypatch, registry):
+    """write(name): a module of the user's own, nnlab.<name>, in a folder of nnlab's package
+    path (as a file under src/nnlab/ would be); it registers a data schema beside its class."""
+    import sys
+
+    import nnlab
+
+    monkeypatch.setattr(nnlab, "__path__", [*nnlab.__path__, str(tmp_path)])
+
+    def write(name: str, text: str = OWN_MODULE) -> str:
+        (tmp_path / f"{name}.py").write_text(text.format(module=f"nnlab.{name}"))
+        monkeypatch.delitem(sys.modules, f"nnlab.{name}", raising=False)  # undone after the test
+        return f"nnlab.{name}"
+
+    return write
+
+
+def _squares(compose, target: str, *overrides: str):
+    return compose("data=blobs", f"data._target_={target}", "+data.side=4", *overrides)
+
+
+def test_a_schema_registered_beside_its_class_checks_the_config(compose, own_module, registry):
+    import sys
+
+    module = own_module("squares")
+    assert module not in sys.modules and f"{module}.SquaresDataModule" not in registry["data"]
+    validate(_squares(compose, f"{module}.SquaresDataModule"))  # imports the module: its schema registers
+    assert registry["data"][f"{module}.SquaresDataModule"].__name__ == "SquaresData"
+    with pytest.raises(ConfigError) as odd:
+        validate(_squares(compose, f"{module}.SquaresDataModule", "data.side=3"))
+    assert str(odd.value) == "data.side: must be even, got 3"
+    with pytest.raises(ConfigError) as unknown:
+        validate(_squares(compose, f"{module}.SquaresDataModule", "+data.colour=red"))
+    assert str(unknown.value) == (
+        "data.colour: unknown key; allowed: data_dir, input_shape, num_classes, batch_size, eval_batch_size, seed, side"
+    )
+
+
+@pytest.mark.parametrize("target", ["nnlab.data.nosuch.Squares", "nnlab.data.modules.Squares", "Squares", "x"])
+def test_a_target_without_a_schema_is_refused_in_one_line(compose, target):
+    with pytest.raises(ConfigError) as caught:
+        validate(compose("data=blobs", f"data._target_={target}"))
+    assert str(caught.value) == (
+        "data._target_: must be one of nnlab.data.modules.MNISTDataModule, nnlab.data.modules.BlobsDataModule, "
+        f"got '{target}'"
+    )
+
+
+def test_a_config_never_imports_a_module_outside_nnlab(compose, tmp_path, monkeypatch, registry):
+    """Only nnlab's own modules are imported for their schema: a config value names no other code to run."""
+    import sys
+
+    (tmp_path / "outside_squares.py").write_text(OWN_MODULE.format(module="outside_squares"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(
+        ConfigError, match=r"^data._target_: must be one of .*, got 'outside_squares.SquaresDataModule'$"
+    ):
+        validate(_squares(compose, "outside_squares.SquaresDataModule"))
+    assert "outside_squares" not in sys.modules
+
+
+def test_an_own_module_that_cannot_import_keeps_its_traceback(compose, own_module):
+    """A module that exists but imports what is not installed is a bug to see, not an unknown target."""
+    module = own_module("broken_squares", "import no_such_dependency_of_nnlab\n" + OWN_MODULE)
+    with pytest.raises(ModuleNotFoundError, match="no_such_dependency_of_nnlab"):
+        validate(_squares(compose, f"{module}.SquaresDataModule"))
+
+
+def test_register_schema_refuses_a_group_or_target_it_cannot_keep(registry):
+    from dataclasses import dataclass
+
+    from nnlab.config.schema import MLPModel, register_schema
+
+    with pytest.raises(
+        ValueError, match="group must be one of data, model, optimizer, scheduler, trainer, got 'models'"
+    ):
+        register_schema("models")
+
+    @dataclass
+    class OtherMLP(MLPModel):  # the same _target_ as nnlab's own MLP schema
+        pass
+
+    with pytest.raises(ValueError, match="nnlab.models.networks.MLP already has the schema MLPModel"):
+        register_schema("model")(OtherMLP)
+    assert registry["model"]["nnlab.models.networks.MLP"] is MLPModel

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from nnlab.config.params import params_section, parser
+from dataclasses import asdict
+
+from nnlab.config.params import checked_params, parser
 from nnlab.config.paths import find_root
 from nnlab.data import blobs
 from nnlab.errors import NnlabError, report
@@ -15,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser(__doc__, "data/blobs").parse_args(argv)
     out = args.out or find_root() / "data" / "blobs"
     try:
-        data = blobs.make(**blobs.check_params(params_section(args.params, "blobs")))
+        data = blobs.make(**asdict(checked_params(args.params, "blobs", blobs.BlobsParams)))
         blobs.write(out, data)
     except NnlabError as exc:
         report(PROG, exc)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from nnlab.config.params import params_section, parser
+from nnlab.config.params import checked_params, parser
 from nnlab.config.paths import find_root
 from nnlab.data import mnist
 from nnlab.errors import NnlabError, report
@@ -19,9 +19,9 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or find_root() / "data" / "mnist"
     cache = Path(os.environ.get("NNLAB_CACHE", Path.home() / ".cache" / "nnlab")) / "mnist"
     try:
-        p = mnist.check_params(params_section(args.params, "mnist"))  # before anything is written
-        source, files = mnist.fetch(p["source"], cache, p["dir"])
-        manifest = mnist.prepare(out, files, source, p["val_size"], p["seed"], expected_md5=p["md5"])
+        p = checked_params(args.params, "mnist", mnist.MnistParams)  # before anything is written
+        source, files = mnist.fetch(p.source, cache, p.dir)
+        manifest = mnist.prepare(out, files, source, p.val_size, p.seed, expected_md5=p.md5)
     except NnlabError as exc:
         report(PROG, exc)
     counts = manifest["counts"]

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from nnlab.config.paths import find_root
+from nnlab.config.schema import check_section
 
 
 def parser(description: str, out: str) -> argparse.ArgumentParser:
@@ -23,6 +24,12 @@ def params_section(path: Path | None, section: str) -> dict:
     if section not in data:
         raise SystemExit(f"{path}: no '{section}' section")
     return data[section]
+
+
+def checked_params(path: Path | None, section: str, schema: type):
+    """A prepare stage's own section of params.yaml (the only one its DVC stage declares) as its
+    checked ``schema`` object; ParamsError ``<section>.<key>: ...`` if a value is refused."""
+    return check_section(section, schema, params_section(path, section))
 
 
 def stage_setup(

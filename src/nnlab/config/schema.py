@@ -1,8 +1,13 @@
-"""Dataclass schemas for every config group, and a validator with one-line errors.
+"""Dataclass schemas for every config group and params.yaml section, checked one way.
 
-Hydra composes plain YAML; ``validate(cfg)`` then checks each group against the schema of
-its ``_target_`` (unknown keys, wrong types) and each schema's ``__post_init__`` checks the
-values. Every failure is a ``ConfigError`` whose message is one line naming the key.
+Hydra composes plain YAML; ``validate(cfg)`` then checks each group against the schema
+registered for its ``_target_`` (unknown keys, wrong types) and each schema's ``__post_init__``
+checks the values. ``check_section`` does the same for a section of params.yaml. Every failure
+is a ``ConfigError`` whose message is one line naming the key.
+
+A data module or network of one's own registers its schema beside its class with
+``@register_schema(group)`` (docs/extending.md); a ``_target_`` with no registered schema is
+refused, after importing the module it names if that module is nnlab's own.
 
 The YAML files in conf/ are the one source of every value: a schema field is ``MISSING`` (it
 must come from the config) unless no config file sets it (tests/test_config.py checks both).
@@ -10,6 +15,7 @@ must come from the config) unless no config file sets it (tests/test_config.py c
 
 from __future__ import annotations
 
+import importlib
 import math
 import numbers
 import re
@@ -17,7 +23,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from typing import Any, get_args, get_type_hints
 
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
 from nnlab.errors import NnlabError
 
@@ -43,6 +49,12 @@ class ConfigError(NnlabError, ValueError):
 
     label = "config: "
     exit_code = 2
+
+
+class ParamsError(ConfigError):
+    """A value in a section of params.yaml (a prepare stage's settings) that the section's schema refuses."""
+
+    label = "params.yaml "
 
 
 def is_int(value: object) -> bool:
@@ -80,10 +92,40 @@ def _fraction(obj: Any, *names: str, upper_open: bool = True) -> None:
         check(ok, name, f"must be in [0, 1{')' if upper_open else ']'}, got {value}")
 
 
+# The groups whose schema is chosen by the config's ``_target_``: target -> schema.
+SCHEMAS: dict[str, dict[str, type]] = {group: {} for group in ("data", "model", "optimizer", "scheduler", "trainer")}
+
+
+def register_schema(group: str):
+    """Class decorator: the dataclass checks every ``group`` config whose ``_target_`` is the
+    default of its own ``_target_`` field. Put it beside the class the config builds::
+
+        @register_schema("data")
+        @dataclass
+        class CirclesData(DataSchema):
+            _target_: str = "nnlab.data.circles.CirclesDataModule"
+    """
+    if group not in SCHEMAS:
+        raise ValueError(f"register_schema: group must be one of {', '.join(SCHEMAS)}, got {group!r}")
+
+    def register(schema: type) -> type:
+        target = {f.name: f.default for f in fields(schema)}.get("_target_") if is_dataclass(schema) else None
+        if not isinstance(target, str):
+            raise TypeError(f"register_schema: {schema!r} must be a dataclass with a _target_ default")
+        known = SCHEMAS[group].get(target)
+        # the same class again (its module imported anew) replaces itself; another class may not
+        if known is not None and (known.__module__, known.__qualname__) != (schema.__module__, schema.__qualname__):
+            raise ValueError(f"register_schema: {target} already has the schema {known.__qualname__}")
+        SCHEMAS[group][target] = schema
+        return schema
+
+    return register
+
+
 # ---------------------------------------------------------------- data
 @dataclass
-class _Data:
-    """What every data module takes."""
+class DataSchema:
+    """What every data module takes (a data module's own schema extends it)."""
 
     _target_: str = MISSING
     data_dir: str = MISSING
@@ -97,8 +139,9 @@ class _Data:
         _positive(self, "batch_size", "eval_batch_size", "num_classes")
 
 
+@register_schema("data")
 @dataclass
-class MNISTData(_Data):
+class MNISTData(DataSchema):
     _target_: str = "nnlab.data.modules.MNISTDataModule"
     mean: float = MISSING
     std: float = MISSING
@@ -110,12 +153,14 @@ class MNISTData(_Data):
         check(0 <= self.shift <= 8, "shift", f"must be 0-8 pixels, got {self.shift}")
 
 
+@register_schema("data")
 @dataclass
-class BlobsData(_Data):
+class BlobsData(DataSchema):
     _target_: str = "nnlab.data.modules.BlobsDataModule"
 
 
 # ---------------------------------------------------------------- models
+@register_schema("model")
 @dataclass
 class LinearModel:
     _target_: str = "nnlab.models.networks.LinearClassifier"
@@ -127,6 +172,7 @@ class LinearModel:
         _sizes(self, "input_shape")
 
 
+@register_schema("model")
 @dataclass
 class MLPModel(LinearModel):
     _target_: str = "nnlab.models.networks.MLP"
@@ -142,6 +188,7 @@ class MLPModel(LinearModel):
         check(len(self.hidden_sizes) > 0, "hidden_sizes", "needs at least one layer (for none, use model=linear)")
 
 
+@register_schema("model")
 @dataclass
 class CNNModel(LinearModel):
     _target_: str = "nnlab.models.networks.CNN"
@@ -160,6 +207,7 @@ class CNNModel(LinearModel):
         _fraction(self, "conv_dropout", "dropout")
 
 
+@register_schema("model")
 @dataclass
 class NumpyMLPModel(LinearModel):
     """Reference E4: sigmoid MLP in NumPy, trained with plain SGD (optimizer.lr, data.batch_size)."""
@@ -199,6 +247,7 @@ class _Optimizer:
         """The checks of one optimizer's own settings."""
 
 
+@register_schema("optimizer")
 @dataclass
 class SGDOptimizer(_Optimizer):
     """Stochastic gradient descent, with momentum when asked."""
@@ -212,6 +261,7 @@ class SGDOptimizer(_Optimizer):
         _fraction(self, "momentum")
 
 
+@register_schema("optimizer")
 @dataclass
 class AdamOptimizer(_Optimizer):
     """Adam: per-weight step sizes from running moments of the gradient."""
@@ -226,6 +276,7 @@ class AdamOptimizer(_Optimizer):
         check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)")
 
 
+@register_schema("optimizer")
 @dataclass
 class AdamWOptimizer(AdamOptimizer):
     """AdamW: Adam with weight decay applied to the weights, not the gradient."""
@@ -233,6 +284,7 @@ class AdamWOptimizer(AdamOptimizer):
     _target_: str = "torch.optim.AdamW"
 
 
+@register_schema("optimizer")
 @dataclass
 class RMSpropOptimizer(_Optimizer):
     """RMSprop: steps scaled by a running mean of squared gradients."""
@@ -248,6 +300,7 @@ class RMSpropOptimizer(_Optimizer):
 
 
 # ---------------------------------------------------------------- schedulers
+@register_schema("scheduler")
 @dataclass
 class OneCycleScheduler:
     _target_: str = "torch.optim.lr_scheduler.OneCycleLR"
@@ -265,6 +318,7 @@ class OneCycleScheduler:
         _one_of(self, "anneal_strategy", ("cos", "linear"))
 
 
+@register_schema("scheduler")
 @dataclass
 class CosineScheduler:
     _target_: str = "torch.optim.lr_scheduler.CosineAnnealingLR"
@@ -278,6 +332,7 @@ class CosineScheduler:
 
 
 # ---------------------------------------------------------------- trainer, logger, paths
+@register_schema("trainer")
 @dataclass
 class TrainerConfig:
     _target_: str = "lightning.Trainer"
@@ -364,13 +419,6 @@ FOLDERS = ("root_dir", "data_dir", "models_dir", "metrics_dir", "plots_dir", "re
 PathsConfig = make_dataclass("PathsConfig", [(key, str, field(default=MISSING)) for key in FOLDERS])
 
 
-SCHEMAS: dict[str, dict[str, type]] = {
-    "data": {s._target_: s for s in (MNISTData, BlobsData)},
-    "model": {s._target_: s for s in (LinearModel, MLPModel, CNNModel, NumpyMLPModel)},
-    "optimizer": {s._target_: s for s in (SGDOptimizer, AdamOptimizer, AdamWOptimizer, RMSpropOptimizer)},
-    "scheduler": {s._target_: s for s in (OneCycleScheduler, CosineScheduler)},
-    "trainer": {TrainerConfig._target_: TrainerConfig},
-}
 PLAIN_GROUPS = {"logger": LoggerConfig, "paths": PathsConfig}
 
 
@@ -448,8 +496,24 @@ def _schema_for(group: str, node: Any) -> type | None:
         raise ConfigError(f"{group}: missing; choose one of the configs in conf/{group}/")
     target = node.get("_target_") if isinstance(node, DictConfig) else None
     known = SCHEMAS[group]
+    if isinstance(target, str) and target not in known:
+        _import_own_module(target)  # its schema is registered beside its class
     check(target in known, f"{group}._target_", f"must be one of {', '.join(known)}, got {target!r}")
     return known[target]
+
+
+def _import_own_module(target: str) -> None:
+    """Import the module a ``_target_`` names when it is one of nnlab's own (src/nnlab/...), so
+    that a schema registered there is known. Nothing outside nnlab is imported by a config
+    value; a module that does not exist leaves the target unknown (refused by the caller)."""
+    module = target.rpartition(".")[0]
+    if not module.startswith("nnlab."):
+        return
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
+            raise  # the module exists but imports something missing: its own bug, with its traceback
 
 
 def _convert(prefix: str, schema: type, node: Any) -> Any:
@@ -461,6 +525,8 @@ def _convert(prefix: str, schema: type, node: Any) -> Any:
     except ConfigKeyError as exc:
         key = exc.full_key or exc.key
         raise ConfigError(f"{prefix}.{key}: unknown key; allowed: {_allowed(schema, str(key))}") from None
+    except MissingMandatoryValue as exc:
+        raise ConfigError(f"{prefix}.{exc.full_key or exc.key}: missing") from None
     except ValidationError as exc:
         key = exc.full_key or exc.key
         raise ConfigError(f"{prefix}.{key}: {str(exc.msg).splitlines()[0]}") from None
@@ -485,8 +551,10 @@ def _check_finite(tree: Any, prefix: str = "") -> None:
         _check_finite(value, name)
 
 
-def validate(cfg: DictConfig) -> dict[str, Any]:
-    """The checked groups as dataclass objects; raises ConfigError with a one-line message."""
+def validate(cfg: DictConfig) -> None:
+    """Check a composed config: ConfigError with a one-line message, else nothing. Callers go on
+    reading ``cfg`` itself: Hydra's ``instantiate`` builds from it, and the checked dataclass
+    objects are only how each schema's ``__post_init__`` gets to see the values."""
     allowed_top = {f.name for f in fields(RootConfig)} | set(GROUPS) | {"callbacks"}
     unknown = sorted(set(cfg.keys()) - allowed_top)
     check(not unknown, str(unknown[0]) if unknown else "", f"unknown key; allowed: {', '.join(sorted(allowed_top))}")
@@ -496,14 +564,25 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"{getattr(exc, 'full_key', '')}: {str(exc).splitlines()[0]}") from None
     _check_finite(resolved)
     node = OmegaConf.create(resolved)
-    out: dict[str, Any] = {}
     for group in GROUPS:
-        schema = _schema_for(group, node.get(group))
-        out[group] = _convert(group, schema, node[group]) if schema else None
+        check_group(group, node.get(group))
     _check_callbacks(node.get("callbacks"))
     top = {k: v for k, v in node.items() if k not in GROUPS and k != "callbacks"}
-    out["root"] = _convert("config", RootConfig, OmegaConf.create(top))
-    return out
+    _convert("config", RootConfig, OmegaConf.create(top))
+
+
+def check_section(section: str, schema: type, values: object) -> Any:
+    """A section of params.yaml (``mnist:``, ``blobs:``) as its checked ``schema`` object, the
+    way ``check_group`` checks a config group; ParamsError ``<section>.<key>: ...`` if not."""
+    allowed = ", ".join(f.name for f in fields(schema))
+    if not isinstance(values, dict):
+        raise ParamsError(f"{section}: must be a mapping of {allowed}, got {values!r}")
+    try:
+        return _convert(section, schema, OmegaConf.create(values))
+    except ConfigError as exc:
+        raise ParamsError(str(exc)) from None
+    except OmegaConfBaseException as exc:  # a value YAML cannot hold (OmegaConf.create refuses it)
+        raise ParamsError(f"{section}: {str(exc).splitlines()[0]}") from None
 
 
 def allowed_keys(full_key: str, cfg: DictConfig) -> str:

@@ -6,12 +6,14 @@ import json
 import math
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from omegaconf import MISSING
 
 from nnlab.config.paths import replace_dir
-from nnlab.config.schema import is_int
+from nnlab.config.schema import check
 from nnlab.data.idx import DataError, read_bytes
 from nnlab.errors import BLOBS_REPAIR
 
@@ -217,53 +219,37 @@ def load(data_dir: Path, check_labels: bool = True) -> dict[str, tuple[np.ndarra
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# params.yaml validation (the prepare_blobs stage calls this before writing anything)
+@dataclass
+class BlobsParams:
+    """The ``blobs:`` section of params.yaml, the prepare_blobs stage's settings (checked by
+    ``nnlab.config.schema.check_section`` before anything is written); ``make``'s arguments."""
 
-PARAM_KEYS = ("n_samples", "centers", "n_features", "random_state", "test_size")
+    n_samples: int = MISSING
+    centers: int = MISSING
+    n_features: int = MISSING
+    random_state: int = MISSING
+    test_size: float = MISSING  # the validation split's fraction
 
-
-def check_params(params: dict) -> dict:
-    """The ``blobs:`` section of params.yaml, checked (all five keys required, no others);
-    returns it with plain int/float values. One-line DataError otherwise."""
-
-    def error(key: str, need: str, value: object) -> DataError:
-        return DataError(f"params.yaml blobs.{key}: must be {need}, got {value!r}")
-
-    if not isinstance(params, dict):
-        raise DataError(f"params.yaml blobs: must be a mapping of {', '.join(PARAM_KEYS)}, got {params!r}")
-    unknown = sorted(set(map(str, params)) - set(PARAM_KEYS))
-    if unknown:
-        raise DataError(f"params.yaml blobs.{unknown[0]}: unknown key; allowed: {', '.join(PARAM_KEYS)}")
-    for key in PARAM_KEYS:
-        if key not in params:
-            raise DataError(f"params.yaml blobs.{key}: missing")
-    centers, n_features = params["centers"], params["n_features"]
-    n_samples, random_state, test_size = params["n_samples"], params["random_state"], params["test_size"]
-    if not is_int(centers) or centers < 2:
-        raise error("centers", "an integer >= 2", centers)
-    if not is_int(n_features) or n_features < 1:
-        raise error("n_features", "an integer >= 1", n_features)
-    if not is_int(n_samples) or n_samples < 2 * centers:
-        raise error("n_samples", f"an integer >= 2 * blobs.centers = {2 * centers}", n_samples)
-    if not is_int(random_state) or not 0 <= random_state <= 2**32 - 1:
-        raise error("random_state", "an integer in 0..4294967295", random_state)
-    is_number = isinstance(test_size, (int, float, np.integer, np.floating)) and not isinstance(
-        test_size, (bool, np.bool_)
-    )
-    if not is_number or not 0 < test_size < 1:  # NaN fails the comparison too
-        raise error("test_size", "a number in (0, 1)", test_size)
-    n_test = math.ceil(test_size * n_samples)
-    n_train = math.floor((1 - test_size) * n_samples)
-    if n_train < 1 or n_test < 1:
-        raise DataError(
-            f"params.yaml blobs.test_size: {test_size!r} of {n_samples} samples leaves "
-            f"{n_train} for training and {n_test} for validation; both need at least 1"
+    def __post_init__(self):
+        check(self.centers >= 2, "centers", f"must be an integer >= 2, got {self.centers}")
+        check(self.n_features >= 1, "n_features", f"must be an integer >= 1, got {self.n_features}")
+        least = 2 * self.centers
+        check(
+            self.n_samples >= least,
+            "n_samples",
+            f"must be an integer >= 2 * blobs.centers = {least}, got {self.n_samples}",
         )
-    return {
-        "n_samples": int(n_samples),
-        "centers": int(centers),
-        "n_features": int(n_features),
-        "random_state": int(random_state),
-        "test_size": float(test_size),
-    }
+        check(
+            0 <= self.random_state <= 2**32 - 1,
+            "random_state",
+            f"must be an integer in 0..4294967295, got {self.random_state}",
+        )
+        check(0 < self.test_size < 1, "test_size", f"must be a number in (0, 1), got {self.test_size}")  # nan fails too
+        n_test = math.ceil(self.test_size * self.n_samples)  # as train_test_split counts them
+        n_train = math.floor((1 - self.test_size) * self.n_samples)
+        check(
+            n_train >= 1 and n_test >= 1,
+            "test_size",
+            f"{self.test_size!r} of {self.n_samples} samples leaves {n_train} for training and {n_test} "
+            "for validation; both need at least 1",
+        )

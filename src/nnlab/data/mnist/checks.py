@@ -1,13 +1,15 @@
 """Checking MNIST before anything is written: the fetched bytes (md5s, IDX structure, labels)
-and the ``mnist:`` section of params.yaml (the prepare_mnist stage checks it first)."""
+and the schema of the ``mnist:`` section of params.yaml (the prepare_mnist stage checks it first)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from omegaconf import MISSING
 
-from nnlab.config.schema import is_int
+from nnlab.config.schema import check
 from nnlab.data import idx
 from nnlab.data.idx import FILES, OFFICIAL_MD5, DataError
 from nnlab.data.mnist.sources import SOURCES
@@ -32,57 +34,36 @@ def verify(files: dict[str, bytes], expected_md5: dict[str, str]) -> dict[str, n
     return arrays
 
 
-PARAM_KEYS = ("source", "dir", "val_size", "seed", "md5")
+@dataclass
+class MnistParams:
+    """The ``mnist:`` section of params.yaml, the prepare_mnist stage's settings (checked by
+    ``nnlab.config.schema.check_section`` before anything is fetched or written)."""
 
+    source: str = MISSING  # one of SOURCES
+    dir: str | None = MISSING  # the folder with the four IDX files, for source: dir
+    val_size: int = MISSING  # validation images carved from the training images
+    seed: int = MISSING
+    md5: dict[str, str] | None = None  # IDX file name -> md5; None: the official md5s
 
-def _param_error(key: str, need: str, value: object) -> DataError:
-    return DataError(f"params.yaml mnist.{key}: must be {need}, got {value!r}")
-
-
-def check_params(params: dict) -> dict:
-    """The ``mnist:`` section of params.yaml, checked; returns it with defaults filled in
-    (source: auto, dir: None, md5: None = the official md5s). One-line DataError otherwise."""
-    if not isinstance(params, dict):
-        raise DataError(f"params.yaml mnist: must be a mapping of {', '.join(PARAM_KEYS)}, got {params!r}")
-    unknown = sorted(set(map(str, params)) - set(PARAM_KEYS))
-    if unknown:
-        raise DataError(f"params.yaml mnist.{unknown[0]}: unknown key; allowed: {', '.join(PARAM_KEYS)}")
-    for key in ("val_size", "seed"):
-        if key not in params:
-            raise DataError(f"params.yaml mnist.{key}: missing")
-    source = params.get("source", "auto")
-    if not isinstance(source, str) or source not in SOURCES:
-        raise _param_error("source", f"one of {', '.join(SOURCES)}", source)
-    directory = params.get("dir")
-    if directory is not None and (not isinstance(directory, (str, Path)) or not str(directory).strip()):
-        raise _param_error("dir", "null or a folder path", directory)
-    if source == "dir":
-        if directory is None:
-            raise DataError(
-                "params.yaml mnist.dir: required when mnist.source is dir (a folder with the four IDX files), got None"
+    def __post_init__(self):
+        check(self.source in SOURCES, "source", f"must be one of {', '.join(SOURCES)}, got {self.source!r}")
+        check(self.dir is None or bool(self.dir.strip()), "dir", f"must be null or a folder path, got {self.dir!r}")
+        if self.source == "dir":
+            check(
+                self.dir is not None,
+                "dir",
+                "required when mnist.source is dir (a folder with the four IDX files), got None",
             )
-        if not Path(directory).is_dir():
-            raise DataError(f"params.yaml mnist.dir: {str(directory)!r} is not an existing folder")
-    val_size = params["val_size"]
-    if not is_int(val_size) or not 1 <= val_size <= N_TRAIN - 1:
-        raise _param_error("val_size", f"an integer in 1..{N_TRAIN - 1}", val_size)
-    seed = params["seed"]
-    if not is_int(seed) or seed < 0:
-        raise _param_error("seed", "an integer >= 0", seed)
-    md5 = params.get("md5")
-    if md5 is not None:
-        if not isinstance(md5, dict):
-            raise _param_error("md5", "null or a mapping of IDX file name to md5", md5)
-        for name, value in md5.items():
-            if name not in OFFICIAL_MD5:
-                raise DataError(f"params.yaml mnist.md5: unknown file {name!r}; allowed: {', '.join(OFFICIAL_MD5)}")
-            if not isinstance(value, str) or len(value) != 32 or not set(value.lower()) <= set("0123456789abcdef"):
-                raise DataError(f"params.yaml mnist.md5.{name}: must be 32 hex digits, got {value!r}")
-        md5 = {name: value.lower() for name, value in md5.items()}
-    return {
-        "source": source,
-        "dir": None if directory is None else str(directory),
-        "val_size": int(val_size),
-        "seed": int(seed),
-        "md5": md5,
-    }
+            check(Path(self.dir).is_dir(), "dir", f"{self.dir!r} is not an existing folder")
+        check(
+            1 <= self.val_size <= N_TRAIN - 1,
+            "val_size",
+            f"must be an integer in 1..{N_TRAIN - 1}, got {self.val_size}",
+        )
+        check(self.seed >= 0, "seed", f"must be an integer >= 0, got {self.seed}")
+        if self.md5 is not None:
+            for name, value in self.md5.items():
+                check(name in OFFICIAL_MD5, "md5", f"unknown file {name!r}; allowed: {', '.join(OFFICIAL_MD5)}")
+                hex_digits = len(value) == 32 and set(value.lower()) <= set("0123456789abcdef")
+                check(hex_digits, f"md5.{name}", f"must be 32 hex digits, got {value!r}")
+            self.md5 = {name: value.lower() for name, value in self.md5.items()}
