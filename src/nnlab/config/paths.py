@@ -61,10 +61,18 @@ def portable(tree, root: Path):
     return tree
 
 
+def data_set_name(target: str) -> str:
+    """mnist or blobs: a data module's class name less ``DataModule`` (``MNISTDataModule`` -> ``mnist``)."""
+    return target.rsplit(".", 1)[-1].removesuffix("DataModule").lower()
+
+
 def register_resolvers() -> None:
-    """``${nnlab_root:}`` in conf/paths/*.yaml; called by the composer before Hydra composes."""
+    """``${nnlab_root:}`` in conf/paths/*.yaml and ``${nnlab_data_set:${data._target_}}`` (the
+    data set's name) in conf/logger/mlflow.yaml; called by the composer before Hydra composes."""
     if not OmegaConf.has_resolver("nnlab_root"):
         OmegaConf.register_new_resolver("nnlab_root", lambda: str(find_root()))
+    if not OmegaConf.has_resolver("nnlab_data_set"):
+        OmegaConf.register_new_resolver("nnlab_data_set", data_set_name)
     if not OmegaConf.has_resolver("nnlab_run_stamp"):
         OmegaConf.register_new_resolver("nnlab_run_stamp", run_stamp, use_cache=True)
 

@@ -6,19 +6,20 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-DATA_PLACEHOLDER = "{data}"
+from nnlab.config.paths import data_set_name
 
 
 def data_name(cfg: DictConfig) -> str:
     """mnist or blobs: the data module's name (``MNISTDataModule`` -> ``mnist``)."""
-    return cfg.data._target_.rsplit(".", 1)[-1].removesuffix("DataModule").lower()
+    return data_set_name(cfg.data._target_)
 
 
 def experiment_name(cfg: DictConfig) -> str:
-    """The MLflow experiment of a run: ``logger.mlflow.experiment_name`` with ``{data}`` replaced
-    by the data set's name, so runs that can be compared (same data, same test set) share one
-    experiment and blobs runs never sort above MNIST runs."""
-    return str(cfg.logger.mlflow.experiment_name).replace(DATA_PLACEHOLDER, data_name(cfg))
+    """The MLflow experiment of a run: ``logger.mlflow.experiment_name``, by default
+    ``nnlab-<data set>`` resolved in the config itself (``${nnlab_data_set:${data._target_}}``), so
+    the run's params, params.yaml and config.yaml hold the name its runs are filed under, and
+    runs that can be compared (same data, same test set) share one experiment."""
+    return str(cfg.logger.mlflow.experiment_name)
 
 
 def registered_model_name(cfg: DictConfig) -> str:
