@@ -304,11 +304,14 @@ def _apply(info: str, body: str, before: str, root: Path, env: dict) -> str | No
     if "append" in attrs:
         assert path.is_file(), target
         path.write_text(path.read_text() + body)
-    elif "after" in attrs:
+    elif "after" in attrs or "before" in attrs:
+        anchor = attrs.get("after") or attrs["before"]
+        assert f"`{anchor}`" in before, f"the text before the block does not name the line {anchor!r}"
         lines = path.read_text().splitlines(keepends=True)
-        at = [i for i, line in enumerate(lines) if line.rstrip("\n") == attrs["after"]]
-        assert len(at) == 1, f"{target}: {len(at)} lines read {attrs['after']!r}"
-        lines[at[0] + 1 : at[0] + 1] = [body]
+        at = [i for i, line in enumerate(lines) if line.rstrip("\n") == anchor]
+        assert len(at) == 1, f"{target}: {len(at)} lines read {anchor!r}"
+        where = at[0] + 1 if "after" in attrs else at[0]
+        lines[where:where] = [body]
         path.write_text("".join(lines))
     else:
         assert not path.exists(), f"{target} exists already"
@@ -342,6 +345,7 @@ def test_extending_guide_works_as_written(tmp_path):
     with the new network, and MLflow records it."""
     root = tmp_path / "project"
     _project_copy(root)
+    schemas = (root / "src/nnlab/config/schema.py").read_bytes()
     env = venv_env(PYTHONPATH=str(root / "src"))  # the copy's package, with the guide's new files
     for var in ("NNLAB_ROOT", "MLFLOW_TRACKING_URI", "DVC_ROOT"):
         env.pop(var, None)
@@ -349,6 +353,21 @@ def test_extending_guide_works_as_written(tmp_path):
     done = [_apply(info, body, before, root, env) for info, body, before in blocks]
     written = {d for d in done if d and "/" in d or d in ("params.yaml", "dvc.yaml")}
     assert {"src/nnlab/data/circles.py", "conf/experiment/circles_residual.yaml", "params.yaml"} <= written
+    # the new schemas are registered beside their classes: nnlab's schema module is not edited
+    assert (root / "src/nnlab/config/schema.py").read_bytes() == schemas
+    lint = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ruff"),
+            "check",
+            "src/nnlab/data/circles.py",
+            "src/nnlab/models/networks.py",
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert lint.returncode == 0, lint.stdout  # the guide's code is as clean as the project's
 
     # the guide's commands by hand: the config composes; a bad value is the line the guide shows
     shown = subprocess.run(

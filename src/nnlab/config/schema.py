@@ -102,8 +102,12 @@ def register_schema(group: str):
 
         @register_schema("data")
         @dataclass
-        class CirclesData(DataSchema):
+        class CirclesConfig(DataSchema):
             _target_: str = "nnlab.data.circles.CirclesDataModule"
+
+    What a schema of one's own needs is importable from here: ``DataSchema`` and ``LinearModel``
+    (the fields every data module and network takes), ``check`` (a one-line failure naming the
+    key) and ``MISSING`` (a value that must come from the config file).
     """
     if group not in SCHEMAS:
         raise ValueError(f"register_schema: group must be one of {', '.join(SCHEMAS)}, got {group!r}")
