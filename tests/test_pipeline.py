@@ -89,6 +89,25 @@ def test_second_repro_runs_nothing(repo):
     assert "Data and pipelines are up to date" in _run(repo, "dvc", "status").stdout
 
 
+def test_every_record_of_a_run_holds_the_experiment_name_it_is_filed_under(repo):
+    """conf/logger/mlflow.yaml resolves nnlab-<data set> itself: params.yaml, config.yaml and the
+    MLflow params hold nnlab-mnist / nnlab-blobs, the experiment the run is in, not a template."""
+    from mlflow.tracking import MlflowClient
+
+    repo, _ = repo
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    for name, data in (("mnist_cnn", "mnist"), ("blobs_linear", "blobs")):
+        recorded = {
+            "params.yaml": yaml.safe_load((repo / "metrics" / name / "params.yaml").read_text()),
+            "config.yaml": yaml.safe_load((repo / "models" / name / "config.yaml").read_text()),
+        }
+        for where, config in recorded.items():
+            assert config["logger"]["mlflow"]["experiment_name"] == f"nnlab-{data}", (name, where)
+        run = client.get_run(json.loads((repo / "models" / name / "run.json").read_text())["mlflow_run_id"])
+        assert run.data.params["logger.mlflow.experiment_name"] == f"nnlab-{data}"
+        assert client.get_experiment(run.info.experiment_id).name == f"nnlab-{data}"
+
+
 MNIST = tuple(e for e in EXPERIMENTS if e.startswith("mnist_"))
 LABELS = {"mnist_linear": "linear", "mnist_mlp": "mlp", "mnist_cnn": "cnn"}
 
@@ -141,6 +160,11 @@ def test_exp_show_fits_160_columns_experiments_accuracies_and_hyperparameters_fi
     columns = _run(repo, "dvc", "exp", "show", "--csv").stdout.splitlines()[0].split(",")
     assert not [c for c in columns if "per_class" in c or "seconds" in c or c.startswith("optimizer.")], columns
     assert {"epochs.cnn", "batch.cnn", "experiments.mnist_cnn.model", "mnist.val_size"} <= set(columns)
+    # DVC 3.67 makes every dependency a column (docs/pipeline.md): the whole table never fits 160
+    assert {"src/nnlab/training", "data/mnist"} <= set(columns), columns
+    narrow = _exp_show(repo, "--no-pager", "--drop", ".*", "--keep", r"Experiment|Created|^(test|val|lr)\.")
+    assert max(map(len, narrow)) <= 160 and all("…" not in line for line in narrow), narrow
+    assert next(line for line in narrow if "Experiment" in line).split() == ["Experiment", "Created", *metrics, *tuned]
 
 
 def test_plots_page_renders_offline_in_headless_chromium(repo, tmp_path):
@@ -370,9 +394,10 @@ def test_plots_show_declares_every_plot_once(repo):
 
 
 def test_team_push_then_pull_in_a_clone_gets_what_was_pushed_and_names_the_rest(repo, tmp_path):
-    """README's team mode against a local-folder remote: the reference pipeline's models were never
-    produced nor pushed; `make pull` (dvc pull -r team dvc.yaml) brings the pipeline's data and
-    models, exits 0, and says in one line that the reference models are not on the remote."""
+    """README's team mode against a local-folder remote, with the reference pipeline whose 24
+    models were never produced nor pushed (reference/dvc.yaml does not cache them): in a fresh
+    clone the bare `dvc pull -r team` exits 0 with the pipeline's data and models, `dvc status`
+    names the reference models as missing, and `make pull` says in one line where they are."""
     repo, _ = repo
     shutil.copytree(REPO / "reference", repo / "reference", ignore=shutil.ignore_patterns("metrics", "plots", "models"))
     _run(repo, "dvc", "remote", "remove", "team")  # the team's S3 bucket, here a folder
@@ -383,19 +408,25 @@ def test_team_push_then_pull_in_a_clone_gets_what_was_pushed_and_names_the_rest(
         _run(repo, "dvc", "push", "-r", "team")  # as documented: everything this repository has
         clone = tmp_path / "clone"
         _run(tmp_path, "git", "clone", "-q", str(repo), str(clone))
-        pulled = _run(clone, "make", "--no-print-directory", "pull")
+        pulled = _run(clone, "dvc", "pull", "-r", "team", check=False)  # as documented, untargeted
+        assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+        assert "ERROR" not in pulled.stdout + pulled.stderr
         assert (clone / "models" / "mnist_cnn" / "best.ckpt").read_bytes() == (
             repo / "models" / "mnist_cnn" / "best.ckpt"
         ).read_bytes()
         assert (clone / "data" / "mnist" / "manifest.json").is_file()
-        assert pulled.stdout.splitlines()[-1].startswith(
-            "reference models (reference/models/*): not on the team remote"
-        ), pulled.stdout
-        assert "ERROR" not in pulled.stdout + pulled.stderr
-        assert not list((clone / "reference").glob("models/*/best.ckpt"))
         assert "Data and pipelines are up to date" in _run(clone, "dvc", "status", "dvc.yaml").stdout
-        # DVC's own command, untargeted, is the failure the README's old advice met
-        assert _run(clone, "dvc", "pull", "-r", "team", check=False).returncode == 1
+        assert not (clone / "reference" / "models").exists()
+        missing = json.loads(_run(clone, "dvc", "status", "--json", "reference/dvc.yaml").stdout)
+        outs = next(
+            e["changed outs"] for e in missing["reference/dvc.yaml:reference@ref_e3_cnn-1"] if "changed outs" in e
+        )
+        assert outs["reference/models/ref_e3_cnn-s1"] == "deleted", outs
+        made = _run(clone, "make", "--no-print-directory", "pull")
+        assert made.stdout.splitlines()[-1] == (
+            "reference models (reference/models/*): not on the team remote (never cached); "
+            "0 in this clone; make reference trains them here"
+        ), made.stdout
     finally:
         shutil.rmtree(repo / "reference")
         _run(repo, "git", "rm", "-rq", "--cached", "reference")
