@@ -409,9 +409,8 @@ def test_the_search_configs_and_the_slurm_launcher_compose():
     assert launcher.timeout_min == 60 and launcher.array_parallelism == 8
 
 
-def running_trial_pid(project: Path, number: int, deadline: float) -> int:
-    """The process id of the job that runs trial ``number`` (its MLflow run's nnlab.pid), once it
-    trains."""
+def running_trial(project: Path, number: int, deadline: float):
+    """The MLflow run of trial ``number`` once its job trains (RUNNING, its process recorded)."""
     from nnlab.tracking.run import store_lock
 
     uri, client = f"sqlite:///{project / 'mlflow.db'}", None
@@ -425,18 +424,34 @@ def running_trial_pid(project: Path, number: int, deadline: float) -> int:
                 experiments, filter_string=f"tags.optuna_trial = '{number}' and attributes.status = 'RUNNING'"
             )
             if runs and "nnlab.pid" in runs[0].data.tags:
-                return int(runs[0].data.tags["nnlab.pid"])
+                return runs[0]
         time.sleep(0.5)
     raise AssertionError(f"trial {number} never started training")
 
 
-@pytest.mark.slow  # two joblib pools start (the second after the first is broken): about two minutes
+def running_trial_pid(project: Path, number: int, deadline: float) -> int:
+    """The process id of the job that runs trial ``number`` (its MLflow run's nnlab.pid)."""
+    return int(running_trial(project, number, deadline).data.tags["nnlab.pid"])
+
+
+def wait_for_checkpoints(project: Path, numbers: list[int], deadline: float) -> None:
+    """Until each trial's run folder holds its last.ckpt (an epoch finished to continue from)."""
+    while time.monotonic() < deadline:
+        if all(list((project / "logs" / "multirun").rglob(f"trial_{n}/models/last.ckpt")) for n in numbers):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"trials {numbers} wrote no last.ckpt")
+
+
+@pytest.mark.slow  # three joblib pools start (two after a pool is lost): a few minutes on two cores
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
-def test_a_sigkilled_joblib_worker_fails_and_retries_its_trial_and_the_search_goes_on(tmp_path):
-    """joblib (loky) stops every worker of its pool when one dies: the trials beside the killed one
-    are lost with it. Each lost trial is found by its stopped heartbeat, marked FAIL and run again
-    with the same values; the study asked for 2 trials ends with 2 finished and none RUNNING."""
+def test_a_sigkilled_joblib_worker_does_not_take_its_sibling_trial_down(tmp_path):
+    """joblib's loky stops every worker of its pool when one dies, so the healthy trial beside the
+    killed one is lost with it. Each trial lost with its worker continues as itself: the same
+    trial number, folder and MLflow run, from its last finished epoch, its heartbeat kept
+    meanwhile. The search ends with its 2 trials COMPLETE and each run's epochs logged once."""
     project = make_project(tmp_path)
+    epochs = 24
     proc = search(
         project,
         "hydra/launcher=joblib",
@@ -446,32 +461,45 @@ def test_a_sigkilled_joblib_worker_fails_and_retries_its_trial_and_the_search_go
         "hydra.sweeper.heartbeat_interval=1",
         "hydra.sweeper.grace_period=2",
         "hydra/sweeper/pruner=none",
-        "trainer.max_epochs=12",
+        f"trainer.max_epochs={epochs}",
         "data.batch_size=16",
         wait=False,
     )
-    pid = running_trial_pid(project, 0, time.monotonic() + 300)
-    os.kill(pid, signal.SIGKILL)
-    stdout, stderr = proc.communicate(timeout=600)
+    deadline = time.monotonic() + 300
+    before = {n: running_trial(project, n, deadline) for n in (0, 1)}
+    wait_for_checkpoints(project, [0, 1], deadline)
+    s = study(project, "killed")
+    assert [t.state for t in s.trials] == [TrialState.RUNNING] * 2  # both mid-training when one is killed
+    os.kill(int(before[0].data.tags["nnlab.pid"]), signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, stderr[-3000:]
     assert "Traceback" not in stderr and "TerminatedWorkerError" in stderr
-    [warning] = [line for line in stderr.splitlines() if "a worker died while running trials" in line]
-    assert warning.startswith("nnlab.train: warning: a worker died while running trials (TerminatedWorkerError")
+    for n in (0, 1):
+        assert (
+            f"nnlab.train: trial {n} was lost with its worker; it continues from its last checkpoint (try 1 of 1)"
+            in stderr.splitlines()
+        )
     s = study(project, "killed")
-    states = {t.number: t.state for t in s.trials}
-    assert states[0] == TrialState.FAIL
-    assert TrialState.RUNNING not in states.values() and TrialState.WAITING not in states.values()
-    finished = [t for t in s.trials if t.state == TrialState.COMPLETE]
-    assert len(finished) == 2
-    retries = {RetryHeartbeatStaleTrialCallback.retried_trial_number(t): t for t in s.trials if t.number >= 2}
-    assert 0 in retries and retries[0].params == s.trials[0].params  # the killed trial, run again
-    assert "lost with their process and run again" in stdout
+    assert [(t.number, t.state) for t in s.trials] == [(0, TrialState.COMPLETE), (1, TrialState.COMPLETE)]
+    assert "2 continued from their checkpoint after losing their worker" in stdout
     client, [parent], children = tracked(project, "killed")
-    assert parent.info.status == "FINISHED" and parent.data.tags["trials_lost"] == str(len(retries))
+    assert parent.info.status == "FINISHED"
+    assert (parent.data.tags["trials_continued"], parent.data.tags["trials_lost"]) == ("2", "0")
     kids = {int(k.data.tags["optuna_trial"]): k for k in children[parent.info.run_id]}
-    assert kids[0].info.status == "KILLED" and "no heartbeat" in kids[0].data.tags["killed_reason"]
-    assert all(kids[t.number].info.status == "FINISHED" for t in finished)
-    assert kids[0].info.run_name == "trial 0"
+    assert sorted(kids) == [0, 1] and len(children[parent.info.run_id]) == 2  # one run each, no second one
+    for n, trial in enumerate(s.trials):
+        run = kids[n]
+        assert run.info.run_id == before[n].info.run_id == trial.user_attrs["mlflow_run_id"]
+        assert run.info.status == "FINISHED" and run.data.tags["resumed"] == "true"
+        assert run.data.tags["nnlab.pid"] != before[n].data.tags["nnlab.pid"]  # a new process went on with it
+        history = client.get_metric_history(run.info.run_id, "val_loss")
+        assert sorted(m.step for m in history) == list(range(1, epochs + 1))  # none twice, none missing
+        assert trial.value == run.data.metrics["best_val_loss"] == min(m.value for m in history)
+        train_json = json.loads((Path(trial.user_attrs["run_dir"]) / "metrics" / "train.json").read_text())
+        assert train_json["epochs"] == epochs
+        [folder] = (project / "logs" / "multirun").rglob(f"trial_{n}")  # its own folder throughout
+        assert trial.user_attrs["run_dir"] == str(folder) and not (folder / "models" / "last.ckpt").exists()
+    assert not [r for r in client.search_runs([parent.info.experiment_id]) if r.info.status == "RUNNING"]
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")

@@ -91,6 +91,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     from hydra.utils import instantiate
 
     from nnlab.tracking import record
+    from nnlab.tracking.trial import continues as trial_continues
     from nnlab.tracking.trial import job_trial, record_pruned, set_torch_threads_for_job
     from nnlab.training.fit import fitter_for, run_summary
     from nnlab.training.history import EpochHistory
@@ -100,7 +101,9 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     overrides = prepare_run(cfg, overrides)
     out, final = run_outputs(cfg)
     out.make()
-    if slurm_job.continues(out.models):  # a requeued Slurm job: its run, from the last finished epoch
+    # a requeued Slurm job, or a search's trial relaunched after its worker was lost: its run, from
+    # the last finished epoch
+    if slurm_job.continues(out.models) or trial_continues(out.models):
         cfg.resume = True
     resume_id = resumed_run_id(out) if cfg.resume else None
     resolved = write_config(cfg, out)

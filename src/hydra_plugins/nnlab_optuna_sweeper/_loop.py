@@ -7,11 +7,16 @@ launcher, settle how each ended, repeat; then report the best of the whole study
 - Each job gets ``hydra.sweeper.job`` (study, trial number, storage, parent run, threads) and
   ``hydra.sweep.subdir=trial_<n>``; the training reports every epoch, may be pruned, and tells
   the study how it ended (``nnlab.tracking.trial``).
-- A trial whose job fails or returns no finite value is FAIL, and the search goes on. A trial
-  whose process died (a killed worker, a lost node) stops writing its heartbeat: once silent for
-  the grace period it is FAIL and run again with the same values (Optuna's
-  RetryHeartbeatStaleTrialCallback), and the search goes on. Trials and parents that a killed search
-  left RUNNING are repaired when the study is next opened.
+- A trial whose job fails or returns no finite value is FAIL, and the search goes on.
+- A trial whose job was lost with its worker (joblib's loky stops its whole pool when one worker
+  dies, so the healthy trials beside a killed one are lost with it) continues as itself once its
+  process is gone: the same trial number, run folder and MLflow run, from its last finished epoch
+  (``last.ckpt``, as ``resume=true`` and a requeued Slurm job continue), up to ``max_retry``
+  times; the sweeper keeps its heartbeat meanwhile.
+- A trial whose process died unseen (a lost node, a search killed as a whole) stops writing its
+  heartbeat: once silent for the grace period it is FAIL and run again with the same values as a
+  new trial (Optuna's RetryHeartbeatStaleTrialCallback), and the search goes on. Trials and
+  parents that a killed search left RUNNING are repaired when the study is next opened.
 """
 
 from __future__ import annotations
@@ -19,9 +24,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import sys
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +42,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from nnlab.config.paths import find_root
+from nnlab.config.process import alive
 from nnlab.config.schema import NAME_PATTERN, ConfigError, validate
 from nnlab.errors import fail, first_line
 from nnlab.report.search import write_search_report
@@ -60,6 +69,9 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 # The heartbeat is kept by each job (nnlab.tracking.trial), not by Study.optimize, as Optuna assumes.
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 CHECKED_VALUES = 20  # values of one searched key composed and checked before the first trial
+# How long a lost trial's process may take to exit (loky fails the pool's futures first, then
+# kills its workers) before its trial is left to the heartbeat check instead of being continued.
+EXIT_WAIT = 10.0
 
 
 def _quoted(text: str) -> str:
@@ -286,6 +298,7 @@ class OptunaSearch:
         again counts once, when its retry ends); returns how many failed."""
         done = failed = 0
         self.lost = 0
+        self.continued: set[int] = set()  # trials continued after their worker was lost
         pending: list[optuna.trial.Trial] = []
         name = str(self.config.get("name", "trial"))
         try:
@@ -295,7 +308,7 @@ class OptunaSearch:
                 self._first_beat(study, pending)
                 if done == 0:  # seeded: reproducible for a new study, no repeats when resumed or shared
                     study.sampler = build_sampler(self.settings.get("sampler"), seed_offset=pending[0].number)
-                launchable, overrides = [], []
+                launchable, overrides, settings = [], [], []
                 for trial in pending:
                     values = [retrying(lambda p=p, t=trial: p.suggest(t)) for p in space]
                     trial_overrides = [*fixed, *(p.override(v) for p, v in zip(space, values))]
@@ -308,9 +321,13 @@ class OptunaSearch:
                         failed, done = failed + 1, done + 1
                         continue
                     launchable.append(trial)
-                    overrides.append(self._job_overrides(trial_overrides, {**job, "trial": trial.number}))
+                    overrides.append(trial_overrides)
+                    settings.append({**job, "trial": trial.number})
                 if overrides:
-                    for trial, ret in zip(launchable, self._launch(overrides, len(launchable))):
+                    jobs = [self._job_overrides(o, j) for o, j in zip(overrides, settings)]
+                    returns = self._launch(jobs, len(jobs))
+                    returns = self._continue_lost(study, launchable, overrides, settings, returns)
+                    for trial, ret in zip(launchable, returns):
                         self._tell(study, trial, ret)
                     ended, lost = self._settle(study, launchable)
                     done += len(ended)
@@ -347,18 +364,105 @@ class OptunaSearch:
 
     def _launch(self, overrides: list[list[str]], n: int) -> list[JobReturn | None]:
         """The jobs' returns; None for each when the launcher lost a worker (joblib's
-        TerminatedWorkerError, submitit's UncompletedJobError): the study's heartbeat settles them."""
+        TerminatedWorkerError, submitit's UncompletedJobError): ``_continue_lost`` and the study's
+        heartbeat settle them."""
         try:
             returns = list(self.launcher.launch(overrides, initial_job_idx=self.job_idx))
         except Exception as exc:
             print(
                 f"{self.prog}: warning: a worker died while running trials ({type(exc).__name__}: "
-                f"{first_line(exc)}); trials still running go on, a lost one is failed and retried",
+                f"{first_line(exc)}); trials still running go on, each one lost with it continues from its "
+                "last checkpoint (or, if it never started training, is failed and run again)",
                 file=sys.stderr,
             )
             returns = [None] * n
         self.job_idx += n
         return returns
+
+    def _continue_lost(
+        self, study, trials: list, overrides: list[list[str]], settings: list[dict], returns: list
+    ) -> list[JobReturn | None]:
+        """Relaunch each trial whose job was lost with its worker (no JobReturn, still RUNNING, its
+        process gone) as a continuation of itself: the same trial and run folder, resumed from its
+        last.ckpt by the job (``continues`` in its ``hydra.sweeper.job``), at most ``max_retry``
+        times each. Their heartbeats are kept meanwhile, so the stale-trial check (this search's or
+        another's on the same study) does not fail them. Returns the final JobReturns."""
+        limit = self.settings.get("max_retry")
+        tries = dict.fromkeys(range(len(trials)), 0)
+        returns = list(returns)
+        while True:
+            waiting = [i for i, ret in enumerate(returns) if ret is None and (limit is None or tries[i] < limit)]
+            with self._beating([trials[i].number for i in waiting], study):
+                gone = self._gone(study, [trials[i] for i in waiting])
+            lost = [i for i, g in zip(waiting, gone) if g]
+            if not lost:
+                return returns
+            for i in lost:
+                tries[i] += 1
+                self.continued.add(trials[i].number)
+                print(
+                    f"{self.prog}: trial {trials[i].number} was lost with its worker; it continues from its "
+                    f"last checkpoint (try {tries[i]}{f' of {limit}' if limit is not None else ''})",
+                    file=sys.stderr,
+                )
+            jobs = [self._job_overrides(overrides[i], {**settings[i], "continues": tries[i]}) for i in lost]
+            with self._beating([trials[i].number for i in lost], study):
+                again = self._launch(jobs, len(jobs))
+            for i, ret in zip(lost, again):
+                returns[i] = ret
+
+    def _gone(self, study, trials: list) -> list[bool]:
+        """For each of ``trials``: True when it is still RUNNING and the process its job recorded
+        (``process`` in its user attrs) is this host's and has exited, waiting up to EXIT_WAIT
+        seconds for that. False for a finished trial, one whose job never recorded its process
+        (it never started training: the heartbeat check settles it) or whose process is another
+        host's or still alive: such a job may still tell the study how it ended."""
+        deadline = time.monotonic() + EXIT_WAIT
+        while True:
+            answers = [self._process_gone(_trial(study, t.number)) for t in trials]
+            if all(a is not None for a in answers) or time.monotonic() > deadline:
+                return [bool(a) for a in answers]
+            time.sleep(0.1)
+
+    @staticmethod
+    def _process_gone(trial) -> bool | None:
+        """True: RUNNING and its recorded process has exited; False: not to be continued; None:
+        its process still runs (it may be exiting)."""
+        process = trial.user_attrs.get("process")
+        if trial.state != TrialState.RUNNING or not isinstance(process, dict):
+            return False
+        if process.get("host") != socket.gethostname() or type(process.get("pid")) is not int:
+            return False
+        return None if alive(process["pid"], process.get("started")) else True
+
+    @contextmanager
+    def _beating(self, numbers: list[int], study):
+        """The trials' heartbeats, recorded by this process while the block runs (their jobs are
+        being relaunched; each job beats again once it runs)."""
+        interval = self.settings.get("heartbeat_interval")
+        if interval is None or not numbers:
+            yield
+            return
+        ids = [trial_id(self.storage, study.study_name, n) for n in numbers]
+        stop = threading.Event()
+
+        def beat() -> None:
+            while True:
+                for tid in ids:
+                    try:
+                        retrying(lambda tid=tid: self.storage.record_heartbeat(tid))
+                    except Exception as exc:  # a missed beat: the next one may land before the grace ends
+                        log.warning(f"heartbeat not recorded ({type(exc).__name__})")
+                if stop.wait(min(interval, 2)):
+                    return
+
+        thread = threading.Thread(target=beat, daemon=True, name="lost-trials-heartbeat")
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def _tell(self, study, trial, ret: JobReturn | None) -> None:
         """Tell the study how the trial's job ended when the job did not tell it itself."""
@@ -419,6 +523,7 @@ class OptunaSearch:
             "trials": len(trials),
             "this_invocation": this_invocation,
             "lost": self.lost,
+            "continued": len(self.continued),
             "best": None,
         }
         if counts["complete"]:
@@ -474,6 +579,8 @@ def _config_error(exc: BaseException) -> str:
 def _print_summary(summary: dict, report: Path) -> None:
     c = summary["counts"]
     lost = f", {summary['lost']} lost with their process and run again" if summary["lost"] else ""
+    if summary.get("continued"):
+        lost += f", {summary['continued']} continued from their checkpoint after losing their worker"
     # Trials another live search is running (or its retries waiting) are counted, not hidden.
     others = "".join(f", {c[state]} {state}" for state in ("running", "waiting") if c.get(state))
     print(

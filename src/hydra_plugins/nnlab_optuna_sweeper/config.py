@@ -37,9 +37,11 @@ class NnlabOptunaSweeperConf:
     n_jobs: Any = None
     # Stop the search (exit 1) when more than this fraction of its trials failed.
     max_failure_rate: Any = 1.0
-    # Dead workers: every running trial writes a heartbeat every heartbeat_interval seconds; one
-    # silent for grace_period seconds (null: twice the interval) is FAIL, and run again with the
-    # same values up to max_retry times (a trial lost with its process, not one that failed).
+    # Dead workers: a trial lost with its worker continues as itself from its last finished epoch
+    # (same trial, folder and MLflow run), up to max_retry times. Every running trial writes a
+    # heartbeat every heartbeat_interval seconds; one silent for grace_period seconds (null: twice
+    # the interval) is FAIL, and run again with the same values as a new trial up to max_retry
+    # times (a trial lost with its process, not one that failed). max_retry null: no limit.
     heartbeat_interval: Any = 10
     grace_period: Any = None
     max_retry: Any = 1

@@ -130,6 +130,7 @@ class SweepParent:
         tags: dict[str, Any] = {f"trials_{state}": n for state, n in counts.items()}
         tags["trials_this_invocation"] = summary["this_invocation"]
         tags["trials_lost"] = summary.get("lost", 0)
+        tags["trials_continued"] = summary.get("continued", 0)
         best = summary.get("best")
         if best:
             tags.update(

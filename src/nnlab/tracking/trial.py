@@ -8,7 +8,11 @@ called, and, in a search, its trial.
   The job reconnects to the study, keeps the trial's heartbeat (a trial that goes silent is
   failed and retried by the sweeper), reports its validation metric every epoch, stops when the
   pruner says so, and tells the study how it ended itself, so that the result survives a
-  launcher that loses its workers.
+  launcher that loses its workers. It records its process (host, pid, start time) on the trial:
+  the sweeper continues a trial lost with its worker only once that process is gone.
+- A trial the sweeper relaunched after its worker was lost (``continues`` in
+  ``hydra.sweeper.job``) continues from its run folder's ``last.ckpt`` as ``resume=true`` does:
+  the same MLflow run, the same trial, epochs from the last finished one.
 """
 
 from __future__ import annotations
@@ -79,6 +83,15 @@ def run_name(experiment: str) -> str:
     return " ".join(given) or experiment
 
 
+def continues(models_dir) -> bool:
+    """This job continues its trial after the worker that ran it was lost, and the run folder
+    holds the last finished epoch (``models/last.ckpt``) to continue from."""
+    from pathlib import Path
+
+    job = job_settings()
+    return job is not None and bool(job.get("continues")) and (Path(models_dir) / "last.ckpt").is_file()
+
+
 def set_torch_threads_for_job() -> None:
     """In a search whose jobs share this machine's cores, this job's share of torch threads."""
     job = job_settings()
@@ -109,6 +122,7 @@ class JobTrial:
         import optuna
 
         from hydra_plugins.nnlab_optuna_sweeper.study import METRICS, build_pruner, retrying, trial_id
+        from nnlab.config.process import identity
 
         self.study_name, self.number = str(job.study), int(job.trial)
         self.metric = sweeper.get("metric", "val_acc")
@@ -124,6 +138,8 @@ class JobTrial:
         )
         self.trial_id = trial_id(self.storage, self.study_name, self.number)
         self.trial = retrying(lambda: optuna.trial.Trial(study, self.trial_id))
+        if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("RANK", "0") == "0":
+            retrying(lambda: self.trial.set_user_attr("process", identity()))  # whose loss the sweeper waits for
         self.pruned_epoch: int | None = None
         self._stop = threading.Event()
         interval = sweeper.get("heartbeat_interval")
