@@ -86,7 +86,7 @@ def markdown(result: dict) -> str:
             "Lightning batch where the config allows them). Plain: the same network, optimizer, schedule, seed, "
             "batch size and tensors in a bare loop. Lightning: nnlab's module and data module in a bare "
             "Lightning Trainer (no callbacks, logger, checkpoints, progress bar or MLflow) with one batch per "
-            "call (automatic optimization), so that Lightning/plain is the cost of Lightning's own loop per "
+            "call (its one training path, with blocks of one batch), so that Lightning/plain is the cost of Lightning's own loop per "
             "step and nnlab/Lightning what nnlab's structure adds to it, less what its blocks save. A block's "
             "steps end at one time stamp: ms/step is the time from the end of the first block (or step) past "
             "the warm-up to the end of the last, over the optimizer steps between. ms/step is the steady state after "

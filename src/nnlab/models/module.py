@@ -104,11 +104,12 @@ class Classifier(L.LightningModule):
     ``optimizer`` and ``scheduler`` are factories (Hydra ``_partial_`` objects): the
     optimizer takes the parameters, the scheduler the optimizer. Schedulers step per batch.
 
-    ``steps_per_call`` > 1: each training batch Lightning hands over is a block of that many
-    batches of ``batch_size`` (nnlab.data.tensors.TensorBatches), and ``training_step`` takes one
-    optimizer step per batch itself (manual optimization), in the order Lightning's automatic
-    optimization takes them: the same values, without Lightning's per-step hooks, closure and
-    progress bookkeeping for every batch (a small network's step costs less than those).
+    One training path, Lightning's manual optimization: each training batch Lightning hands
+    over is a block of one or more batches of ``batch_size`` (nnlab.data.tensors.TensorBatches;
+    an ordinary run's blocks hold one), and ``training_step`` takes one optimizer step per batch
+    in the order of Lightning's automatic optimization, firing the same per-step hooks.
+    ``gradient_clip_val`` clips each step's gradients by norm where automatic optimization
+    would (Lightning's Trainer takes no clipping with manual optimization).
     """
 
     def __init__(
@@ -119,13 +120,14 @@ class Classifier(L.LightningModule):
         num_classes: int = 10,
         label_smoothing: float = 0.0,
         compile_backend: str | None = None,
-        steps_per_call: int = 1,
         batch_size: int | None = None,
+        gradient_clip_val: float | None = None,
     ):
         super().__init__()
         self.net = net
-        self.automatic_optimization = steps_per_call == 1
-        self.batch_size = batch_size  # of the batches a block holds
+        self.automatic_optimization = False  # training_step takes the steps of its block
+        self.batch_size = batch_size  # of the batches a block holds (None: a block is one batch)
+        self.gradient_clip_val = gradient_clip_val
         # torch.compile's wrapper shares net's parameters; kept out of the module tree so that
         # state dicts and checkpoints stay those of net. The first step pays the compile time.
         self.__dict__["_forward"] = torch.compile(net, backend=compile_backend) if compile_backend else net
@@ -176,27 +178,39 @@ class Classifier(L.LightningModule):
             self.metrics[f"{split}_{kind}"].reset()
 
     def training_step(self, batch, batch_idx):
-        if self.automatic_optimization:
-            return self._step(batch, "train")
-        self._block_step(batch)
-
-    def _block_step(self, batch) -> None:
         """One optimizer step per batch of the block: forward, zero_grad, backward, step, and the
         scheduler's step, as Lightning's automatic optimization orders them (backward and step
-        outside autocast, as there). The steps go through Lightning's optimizer (manual
-        optimization), which counts each of them in ``trainer.global_step``."""
+        outside autocast, as there). Lightning's optimizer counts each step in
+        ``trainer.global_step``; manual_backward and its step fire the backward and
+        optimizer-step hooks, ``zero_grad`` the one automatic optimization fires before it."""
         x, y = batch
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
         autocast = torch.is_autocast_enabled(x.device.type)
-        for x_part, y_part in zip(x.split(self.batch_size), y.split(self.batch_size)):
+        size = self.batch_size or len(y)
+        parts = zip(x.split(size), y.split(size)) if len(y) > size else [(x, y)]
+        for x_part, y_part in parts:
             loss = self._step((x_part, y_part), "train")
             with torch.autocast(x.device.type, enabled=False) if autocast else nullcontext():
-                optimizer.zero_grad()
+                self.zero_grad_with_hooks(optimizer)
                 self.manual_backward(loss)
                 optimizer.step()
             if scheduler is not None:
                 scheduler.step()
+
+    def zero_grad_with_hooks(self, optimizer) -> None:
+        """``on_before_zero_grad`` of every callback and of this module, then zero_grad: what
+        automatic optimization does before each backward (manual optimization leaves it out)."""
+        for callback in self.trainer.callbacks:
+            callback.on_before_zero_grad(self.trainer, self, optimizer)
+        self.on_before_zero_grad(optimizer)
+        optimizer.zero_grad()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Called after the callbacks' hook and after a gradient scaler unscaled the gradients:
+        # where automatic optimization clips.
+        if self.gradient_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
 
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
@@ -209,10 +223,13 @@ class Classifier(L.LightningModule):
 
     def optimizer_steps(self) -> int:
         """The run's number of optimizer steps (Lightning counts a block as one batch)."""
-        if self.automatic_optimization:
-            return int(self.trainer.estimated_stepping_batches)
-        self.trainer.estimated_stepping_batches  # noqa: B018 (the property loads the training batches)
-        return self.trainer.max_epochs * self.trainer.train_dataloader.steps
+        trainer = self.trainer
+        batches = trainer.estimated_stepping_batches  # loads the training batches
+        blocks = trainer.train_dataloader
+        if getattr(blocks, "per_call", 1) == 1:
+            return int(batches)
+        steps = trainer.max_epochs * blocks.steps  # the data module holds limit_train_batches
+        return steps if trainer.max_steps == -1 else min(steps, trainer.max_steps)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(

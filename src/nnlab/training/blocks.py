@@ -1,12 +1,15 @@
 """Blocks: several optimizer steps per Lightning training batch (``steps_per_call``).
 
+nnlab.models.module.Classifier trains by Lightning's manual optimization: every training batch
+Lightning hands over is a block of batches, and the module takes one optimizer step per batch,
+in the order and with the per-step hooks (backward, optimizer step, zero_grad), clipping and
+gradient scaling of Lightning's automatic optimization. An ordinary run's blocks hold one batch.
 Lightning's loop has a fixed cost per training batch (hook dispatch to the module and every
-callback, the optimizer closure, strategy and precision wrappers, progress counters), which on
-a CPU is as much as a small MLP's whole step (reports/bench.md has the figures). With blocks the data module
-hands Lightning ``steps_per_call`` batches at a time and nnlab.models.module.Classifier takes
-one optimizer step per batch itself, in the order Lightning would, so the training is the same
-bit for bit (tests/test_blocks.py) and Lightning's per-batch cost is paid once per block.
-Validation, checkpoints, callbacks' batch and epoch hooks, loggers and Ctrl-C stay Lightning's.
+callback, strategy and precision wrappers, progress counters), which on a CPU is as much as a
+small MLP's whole step (reports/bench.md has the figures); with blocks of ``steps_per_call``
+batches it is paid once per block, and the training is the same bit for bit
+(tests/test_blocks.py). What Lightning does around each of its batches (batch hooks,
+validation, checkpoints, loggers, Ctrl-C) then happens once per block.
 """
 
 from __future__ import annotations
@@ -18,20 +21,16 @@ from nnlab.config.schema import check
 from nnlab.data.tensors import TensorData
 
 AUTO_STEPS_PER_CALL = 16  # Lightning's per-batch cost, paid once per 16 optimizer steps
-# Callback hooks Lightning calls around every optimizer step: a block's steps call none of them.
-PER_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad")
 # ModelCheckpoint's arguments that save in the middle of an epoch, counted in training steps or time.
 STEPWISE_CHECKPOINT_KEYS = ("every_n_train_steps", "train_time_interval")
 PRECISIONS = ("32-true", "64-true", "bf16-mixed", "bf16-true")  # those without a gradient scaler
 
 
 def obstacles(cfg: DictConfig, trainer: L.Trainer, datamodule) -> list[str]:
-    """What in this run needs Lightning to take each optimizer step itself, if anything."""
+    """What in this run needs one optimizer step per Lightning batch (blocks of one), if anything:
+    a data module that cannot cut blocks, or something Lightning does between its batches."""
     from lightning.pytorch.strategies import SingleDeviceStrategy
-    from lightning.pytorch.utilities.model_helpers import is_overridden
 
-    callbacks = trainer.callbacks
-    hooked = [f"{type(c).__name__}.{h}" for c in callbacks for h in PER_STEP_HOOKS if is_overridden(h, c, L.Callback)]
     stepwise = [
         name
         for name, spec in (cfg.get("callbacks") or {}).items()
@@ -44,10 +43,7 @@ def obstacles(cfg: DictConfig, trainer: L.Trainer, datamodule) -> list[str]:
             trainer.precision not in PRECISIONS,
             f"trainer.precision={trainer.precision} (blocks: {', '.join(PRECISIONS)})",
         ),
-        (trainer.gradient_clip_val is not None, f"trainer.gradient_clip_val={trainer.gradient_clip_val}"),
-        (trainer.accumulate_grad_batches != 1, f"accumulate_grad_batches={trainer.accumulate_grad_batches}"),
         (trainer.max_steps != -1, f"max_steps={trainer.max_steps}"),
-        (bool(hooked), f"callbacks with per-step hooks ({', '.join(hooked)})"),
         (bool(stepwise), f"a checkpoint every n training steps or seconds (callbacks.{', '.join(stepwise)})"),
     ]
     return [reason for present, reason in found if present]

@@ -35,8 +35,9 @@ warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
-def build_module(cfg: DictConfig, steps_per_call: int = 1) -> Classifier:
-    """The LightningModule for the config's network, optimizer and schedule."""
+def build_module(cfg: DictConfig) -> Classifier:
+    """The LightningModule for the config's network, optimizer, schedule and gradient clipping
+    (``trainer.gradient_clip_val``: the module clips, Lightning's Trainer must not be given it)."""
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     return Classifier(
         instantiate(cfg.model),
@@ -45,8 +46,8 @@ def build_module(cfg: DictConfig, steps_per_call: int = 1) -> Classifier:
         num_classes=cfg.data.num_classes,
         label_smoothing=cfg.label_smoothing,
         compile_backend=cfg.get("compile"),
-        steps_per_call=steps_per_call,
         batch_size=cfg.data.batch_size,
+        gradient_clip_val=cfg.trainer.gradient_clip_val,
     )
 
 
@@ -217,11 +218,13 @@ class LightningFitter(Fitter):
             callbacks=callbacks,
             logger=loggers or False,
             default_root_dir=cfg.paths.log_dir,
+            gradient_clip_val=None,  # the module clips (build_module): manual optimization
             # in a Slurm job: no mid-epoch checkpoints in logs/; everywhere: no half-written checkpoint
             plugins=[*slurm_job.lightning_plugins(), AtomicCheckpointIO()],
         )
         self.datamodule = datamodule
-        self.module = build_module(cfg, blocks.use_blocks(cfg, self.trainer, datamodule))
+        blocks.use_blocks(cfg, self.trainer, datamodule)
+        self.module = build_module(cfg)
         self.resume_from = models_dir / "last.ckpt" if cfg.resume else None
         self.parameters = count_parameters(self.module.net)
         self.summary_text = format_summary(
