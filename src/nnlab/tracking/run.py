@@ -325,7 +325,7 @@ def open_run(
         with store_lock(uri):  # a new SQLite store is created and migrated by one process at a time
             client = MlflowClient(tracking_uri=uri)
             exp_id = experiment_id(client, experiment, root, uri)
-        mark_dead_runs_killed(client, exp_id, run_name, keep=resume_id)
+        mark_dead_runs_killed(client, exp_id, run_name)
         if resume_id:
             client.update_run(resume_id, status=RunStatus.to_string(RunStatus.RUNNING))
             for key, value in (tags or {}).items():
@@ -396,12 +396,12 @@ def process_tags() -> dict[str, str]:
     return {"nnlab.host": me["host"], "nnlab.pid": str(me["pid"]), "nnlab.started": str(me["started"] or "")}
 
 
-def mark_dead_runs_killed(client: MlflowClient, exp_id: str, run_name: str, keep: str | None = None) -> list[str]:
+def mark_dead_runs_killed(client: MlflowClient, exp_id: str, run_name: str) -> list[str]:
     """Runs named ``run_name`` still RUNNING whose process on this host is gone (its pid no longer
-    runs, or now names a process started at another time): KILLED, with a tag; ``keep`` (a run
-    being resumed) is left alone. The status is read again once the process is known to be gone:
-    one that ended its run FINISHED and exited between the search and the check did not die while
-    RUNNING."""
+    runs, or now names a process started at another time): KILLED, with a tag (a run resumed
+    afterwards keeps the tag: it records that the run's process died once). The status is read
+    again once the process is known to be gone: one that ended its run FINISHED and exited between
+    the search and the check did not die while RUNNING."""
     host = socket.gethostname()
     runs = client.search_runs(
         [exp_id], filter_string=f"attributes.run_name = '{run_name}' and attributes.status = 'RUNNING'"
@@ -410,7 +410,7 @@ def mark_dead_runs_killed(client: MlflowClient, exp_id: str, run_name: str, keep
     for found in runs:
         tags = found.data.tags
         pid = tags.get("nnlab.pid", "")
-        if found.info.run_id == keep or tags.get("nnlab.host") != host or not pid.isdigit():
+        if tags.get("nnlab.host") != host or not pid.isdigit():
             continue
         if alive(int(pid), tags.get("nnlab.started") or None):
             continue
