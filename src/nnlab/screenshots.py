@@ -4,9 +4,10 @@ Starts ``mlflow ui`` on a free loopback port over the project's store (``MLFLOW_
 else mlflow.db at the root; run ``make repro`` and a search first), opens each page in headless
 Chromium and saves it as a PNG:
 
-- docs/mlflow-runs.png: the MNIST experiment's runs table, best test accuracy first;
+- docs/mlflow-runs.png: the MNIST experiment's runs table, newest first, a search one parent row;
 - docs/mlflow-run.png: the best MNIST run's metric charts;
-- docs/mlflow-model.png: the registered model of that run, with its description and versions.
+- docs/mlflow-model.png: the registered model of that run, with its description and versions;
+- docs/mlflow-search.png: the latest search of that experiment, its trials best first.
 
 Chromium comes from the system (``apt-get install chromium``); ``--chromium`` names another. It is
 driven through its DevTools protocol on a pipe (``--remote-debugging-pipe``: no port, no package),
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -58,6 +60,16 @@ COLUMNS = [
     "params.`optimizer.lr`",
     "params.`data.batch_size`",
     "params.`trainer.max_epochs`",
+]
+# A search's trials: their objective and the values the search chose.
+SEARCH_COLUMNS = [
+    "metrics.`best_val_acc`",
+    "tags.`optuna_state`",
+    "params.`optimizer.class`",
+    "params.`optimizer.lr`",
+    "params.`data.batch_size`",
+    "params.`model.hidden_sizes`",
+    "params.`model.dropout`",
 ]
 # What the run's page shows: its learning curves (the charts are listed by name, timings first).
 FILTERS = {"mlflow-run.png": "loss"}
@@ -95,28 +107,42 @@ def start_ui(uri: str, port: int, artifacts: Path) -> subprocess.Popen:
     raise TrackingError("mlflow ui did not answer within 300 s")
 
 
-def pages(uri: str, base: str) -> tuple[dict[str, str], dict]:
-    """{file name: address} of the pages to take, from what the store holds, and the UI's settings
-    for them (the runs table's columns, which it keeps per experiment)."""
+def pages(uri: str, base: str) -> dict[str, tuple[str, dict]]:
+    """{file name: (address, the UI's settings for that page)} of the pages to take, from what the
+    store holds. The runs table's settings (its columns) are kept per experiment, so each table
+    page sets its own."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
     mnist = client.get_experiment_by_name("nnlab-mnist")
     if mnist is None:
         raise TrackingError(f"tracking store {uri} has no nnlab-mnist experiment: run make repro first")
-    best_first = "orderByKey=metrics.%60test_acc%60&orderByAsc=false"
-    found = {"mlflow-runs.png": f"{runs_url(base, mnist.experiment_id)}&{best_first}"}
+    table = f"MLflowLocalStorage-1.1-ExperimentPage-{json.dumps([mnist.experiment_id])}-ReactComponentState"
+    runs = runs_url(base, mnist.experiment_id)
+    # The UI nests child runs under their parent only when the table is sorted by start time.
+    newest = "orderByKey=attributes.start_time&orderByAsc=false"
+    found = {"mlflow-runs.png": (f"{runs}&{newest}", {table: {"selectedColumns": COLUMNS}})}
     best = client.search_runs([mnist.experiment_id], "metrics.test_acc > 0", order_by=["metrics.test_acc DESC"])
     if best:
         run = best[0]
-        found["mlflow-run.png"] = (
-            f"{base}/#/experiments/{mnist.experiment_id}/runs/{run.info.run_id}/model-metrics?{WORKFLOW}"
-        )
+        page = f"{base}/#/experiments/{mnist.experiment_id}/runs/{run.info.run_id}/model-metrics?{WORKFLOW}"
+        found["mlflow-run.png"] = (page, {})
         name = f"nnlab-{run.data.tags.get('experiment')}"
         if client.search_registered_models(f"name = '{name}'"):
-            found["mlflow-model.png"] = f"{base}/#/models/{name}?{WORKFLOW}"
-    table = f"MLflowLocalStorage-1.1-ExperimentPage-{json.dumps([mnist.experiment_id])}-ReactComponentState"
-    return found, {**UI_SETTINGS, table: {"selectedColumns": COLUMNS}}
+            found["mlflow-model.png"] = (f"{base}/#/models/{name}?{WORKFLOW}", {})
+    searches = client.search_runs(
+        [mnist.experiment_id], "attributes.run_name LIKE 'search: %'", order_by=["attributes.start_time DESC"]
+    )
+    if searches:
+        parent = searches[0]
+        # the parent and its trials in one list, ranked (the parent holds the study's best value)
+        only = urllib.parse.quote(f"tags.optuna_study = '{parent.data.tags['optuna_study']}'")
+        best_first = f"orderByKey={urllib.parse.quote('metrics.`best_val_acc`')}&orderByAsc=false"
+        found["mlflow-search.png"] = (
+            f"{runs}&searchFilter={only}&{best_first}",
+            {table: {"selectedColumns": SEARCH_COLUMNS}},
+        )
+    return found
 
 
 class Browser:
@@ -212,19 +238,28 @@ class Browser:
         self.process.wait(timeout=30)
 
 
-def take(chromium: str, base: str, shots: dict[str, str], settings: dict, out: Path) -> None:
-    """Each page of ``shots`` as out/<name>, in one browser whose UI ``settings`` are set first."""
+def store(browser: Browser, settings: dict) -> None:
+    """Write the UI's ``settings`` into the browser's local storage (the UI reads them when it starts)."""
+    script = "".join(
+        f"localStorage.setItem({json.dumps(k)}, {json.dumps(json.dumps(v))});" for k, v in settings.items()
+    )
+    browser.evaluate(script)
+
+
+def take(chromium: str, base: str, shots: dict[str, tuple[str, dict]], out: Path) -> None:
+    """Each page of ``shots`` as out/<name>, in one browser with a person's UI_SETTINGS and each
+    page's own."""
     with tempfile.TemporaryDirectory(prefix="nnlab-chromium-") as profile:
         browser = Browser(chromium, profile)
         try:
             browser.open(base)
-            script = "".join(
-                f"localStorage.setItem({json.dumps(k)}, {json.dumps(json.dumps(v))});" for k, v in settings.items()
-            )
-            browser.evaluate(script)
+            store(browser, UI_SETTINGS)
             browser.open(None)  # the UI reads its settings when it starts
-            for name, url in shots.items():
+            for name, (url, settings) in shots.items():
+                store(browser, settings)
                 browser.open(url)
+                if settings:
+                    browser.open(None)  # a page the UI has drawn keeps its state until it restarts
                 if name in FILTERS:
                     browser.filter(FILTERS[name])
                 browser.screenshot(out / name)
@@ -246,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         base = f"http://127.0.0.1:{port}"
         server = start_ui(uri, port, root / "mlartifacts")
         try:
-            take(args.chromium, base, *pages(uri, base), out)
+            take(args.chromium, base, pages(uri, base), out)
         finally:
             server.terminate()
             try:
