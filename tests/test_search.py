@@ -206,6 +206,51 @@ def test_a_threshold_pruner_stops_trials_early_and_they_end_pruned_not_failed(mi
     assert "pruned" in run.stdout and f"{len(pruned)} pruned" in run.stdout
 
 
+@pytest.mark.parametrize("max_epochs, pruned_epoch", [(3, 1), (1, None)])
+def test_a_trial_is_pruned_only_while_epochs_are_left(tmp_path, max_epochs, pruned_epoch):
+    """A real Lightning fit judged by a real trial whose pruner stops everything (val_loss above
+    -1): with epochs left it stops after the first; a trial that trained its last epoch reports
+    it and ends as trained, not pruned."""
+    import lightning as L
+    import torch
+    from omegaconf import OmegaConf
+
+    from nnlab.tracking.trial import JobTrial
+    from nnlab.training.pruning import PruneWhenJudged
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    trial = optuna.create_study(study_name="s", storage=storage).ask()
+    pruner = {"_target_": "optuna.pruners.ThresholdPruner", "upper": -1.0, "n_warmup_steps": 0}
+    sweeper = OmegaConf.create({"metric": "val_loss", "pruner": pruner})
+    judged = JobTrial(OmegaConf.create({"study": "s", "trial": trial.number, "storage": storage}), sweeper)
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 2)
+
+        def training_step(self, batch, _):
+            return torch.nn.functional.cross_entropy(self.layer(batch[0]), batch[1])
+
+        def validation_step(self, batch, _):
+            self.log(judged.monitor, torch.nn.functional.cross_entropy(self.layer(batch[0]), batch[1]))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2), torch.arange(8) % 2))
+    callback = PruneWhenJudged(judged.monitor, judged.judge)
+    trainer = L.Trainer(
+        max_epochs=max_epochs, callbacks=[callback], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(Tiny(), data, data)
+    assert judged.pruned_epoch == pruned_epoch and callback.stopped_epoch == pruned_epoch
+    assert trainer.current_epoch == (pruned_epoch or max_epochs)
+    reported = optuna.load_study(study_name="s", storage=storage).trials[0].intermediate_values
+    assert sorted(reported) == list(range(1, (pruned_epoch or max_epochs) + 1))
+
+
 def test_a_failing_trial_does_not_stop_the_search(mixed):
     _, run, s, kids = mixed
     failed = by_lr(s, -1)

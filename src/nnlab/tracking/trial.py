@@ -160,12 +160,13 @@ class JobTrial:
             except Exception as exc:  # a missed beat is not worth the training; the next one may land
                 _log.warning(f"trial {self.number}: heartbeat not recorded ({exc.__class__.__name__})")
 
-    def judge(self, epoch: int, value: float) -> bool:
-        """Report one epoch's validation metric; True when the pruner stops the trial."""
+    def judge(self, epoch: int, value: float, can_stop: bool = True) -> bool:
+        """Report one epoch's validation metric; True when the pruner stops the trial (asked only
+        while there are epochs left to save)."""
         from hydra_plugins.nnlab_optuna_sweeper.study import retrying
 
         retrying(lambda: self.trial.report(value, epoch))
-        if retrying(self.trial.should_prune):
+        if can_stop and retrying(self.trial.should_prune):
             self.pruned_epoch = epoch
             return True
         return False

@@ -14,8 +14,10 @@ import lightning as L
 
 
 class PruneWhenJudged(L.Callback):
-    """After each epoch's validation, ``judge(epoch, value)`` gets the ``monitor`` metric (epochs
-    count from 1); True stops the fit at the end of that epoch. Rank 0 judges, all ranks stop."""
+    """After each epoch's validation, ``judge(epoch, value, can_stop)`` gets the ``monitor``
+    metric (epochs count from 1); True stops the fit at the end of that epoch. Rank 0 judges, all
+    ranks stop. After the last epoch there is nothing left to save: ``can_stop`` is False, so a
+    trial that trained to the end is never called pruned."""
 
     def __init__(self, monitor: str, judge: Callable[[int, float], bool]):
         self.monitor, self.judge = monitor, judge
@@ -28,9 +30,15 @@ class PruneWhenJudged(L.Callback):
         value = trainer.callback_metrics.get(self.monitor)
         stop = False
         if trainer.is_global_zero and value is not None and math.isfinite(float(value)):
-            stop = bool(self.judge(epoch, float(value)))
+            stop = bool(self.judge(epoch, float(value), epoch < _last_epoch(trainer)))
         if trainer.world_size > 1:
             stop = bool(trainer.strategy.broadcast(stop))
         if stop:
             self.stopped_epoch = epoch
             trainer.should_stop = True
+
+
+def _last_epoch(trainer) -> float:
+    """The epoch the fit ends after at the latest (max_epochs of -1 or None: no limit)."""
+    last = trainer.max_epochs
+    return math.inf if last is None or last < 0 else last
