@@ -284,15 +284,18 @@ def run_summary(cfg: DictConfig, history: EpochHistory, parameters: int, seconds
     def mean(key):
         return sum(r[key] for r in rows) / max(len(rows), 1)
 
+    def measured(value):  # a float32 measurement, to test.json's 6 decimals (not 0.9782000184059143)
+        return None if value is None else round(float(value), 6)
+
     return {
         "seed": cfg.seed,
         "parameters": parameters,
         "epochs": len(rows),
         "best_epoch": best.get("epoch"),
-        "best_val_acc": best.get("val_acc"),
-        "best_val_loss": best.get("val_loss"),
+        "best_val_acc": measured(best.get("val_acc")),
+        "best_val_loss": measured(best.get("val_loss")),
         "train_seconds": round(seconds, 3),
         "mean_epoch_seconds": round(mean("epoch_seconds"), 3),
         "mean_samples_per_second": round(mean("samples_per_second"), 1),
-        "final_train_loss": rows[-1]["train_loss"] if rows else None,
+        "final_train_loss": measured(rows[-1]["train_loss"]) if rows else None,
     }
