@@ -367,6 +367,7 @@ def history(folder: Path) -> list[list[str]]:
     return [[row[i] for i in keep] for row in rows]
 
 
+@pytest.mark.slow  # beyond a minute; the requeued-trial test covers a requeue in the default suite
 def test_a_warned_or_requeued_job_continues_its_run_and_ends_as_if_never_stopped(cluster, slow_project):
     project = slow_project
     started = time.time()
