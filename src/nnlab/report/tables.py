@@ -92,6 +92,12 @@ def print_summary(name: str, summary: dict, places: dict) -> None:
     console.print(table)
 
 
+def six_digits(value: float) -> float:
+    """A measurement as nnlab writes it: 6 significant digits (a float32's noise beyond them
+    dropped: 0.9826, not 0.98259997). history.csv, train.json and MLflow's epoch metrics agree."""
+    return float(f"{value:.6g}")
+
+
 def write_rows(path: Path, rows: list[dict], columns) -> None:
     """A CSV with ``columns`` in order; floats to 6 significant digits."""
     path = Path(path)

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from nnlab.config.paths import Outputs, portable, retrain_command
 from nnlab.data.integrity import data_hash
 from nnlab.errors import CheckpointError, TrackingError
-from nnlab.report.tables import read_json, write_json
+from nnlab.report.tables import read_json, six_digits, write_json
 from nnlab.tracking.names import data_name, experiment_name, registered_model_name
 from nnlab.tracking.trial import run_name, sweep_tags
 
@@ -188,7 +188,10 @@ def epoch_sink(run: Run) -> Callable[[dict], None]:
 
     def sink(row: dict) -> None:
         if row["epoch"] not in logged:
-            metrics = {EPOCH_METRIC_NAMES.get(k, k): v for k, v in row.items() if k != "epoch"}
+            # the values history.csv holds (6 significant digits)
+            metrics = {
+                EPOCH_METRIC_NAMES.get(k, k): six_digits(v) for k, v in row.items() if k != "epoch" and v is not None
+            }
             run.log_metrics(metrics, step=row["epoch"])
             logged.add(row["epoch"])
 

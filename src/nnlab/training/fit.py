@@ -24,6 +24,7 @@ from nnlab.models.checkpoint import CONFIG_KEY, PROCESS_KEY, RUN_ID_KEY, process
 from nnlab.models.module import Classifier
 from nnlab.models.networks import count_parameters
 from nnlab.models.summary import format_summary, summarize
+from nnlab.report.tables import six_digits
 from nnlab.training import blocks, numpy_loop
 from nnlab.training import slurm as slurm_job
 from nnlab.training.checkpoint_io import AtomicCheckpointIO
@@ -284,8 +285,8 @@ def run_summary(cfg: DictConfig, history: EpochHistory, parameters: int, seconds
     def mean(key):
         return sum(r[key] for r in rows) / max(len(rows), 1)
 
-    def measured(value):  # a float32 measurement, to test.json's 6 decimals (not 0.9782000184059143)
-        return None if value is None else round(float(value), 6)
+    def measured(value):  # 0.9782, not 0.9782000184059143 (a float32 printed as a double)
+        return None if value is None else six_digits(float(value))
 
     return {
         "seed": cfg.seed,
