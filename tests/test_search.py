@@ -24,12 +24,14 @@ from optuna.trial import TrialState
 
 from hydra_plugins.nnlab_optuna_sweeper._space import search_space
 from hydra_plugins.nnlab_optuna_sweeper.study import (
+    Heartbeat,
     SearchError,
     build_pruner,
     build_sampler,
     check_objective,
     heartbeat_options,
     resolve_storage,
+    trial_id,
 )
 from nnlab.data import blobs
 from nnlab.tracking.credentials import STORAGE_ENV, override_credentials_to_environment, redacted
@@ -404,6 +406,25 @@ def test_the_heartbeat_settings_are_checked_and_turn_on_optunas_retry_of_lost_tr
         with pytest.raises(SearchError) as caught:
             heartbeat_options(settings)
         assert str(caught.value).startswith(message)
+
+
+def test_a_heartbeat_keeps_its_trials_running_and_ends_with_them(tmp_path):
+    """The one heartbeat of jobs and sweeper: the trials it beats for outlive Optuna's stale-trial
+    check, a silent one past the grace period is failed, and the beat ends once its trials finish."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(study_name="beat", storage=storage)
+    kept, silent = study.ask(), study.ask()
+    for trial in (kept, silent):
+        storage.record_heartbeat(trial_id(storage, "beat", trial.number))
+    with Heartbeat(storage, {trial_id(storage, "beat", kept.number): kept.number}, 0.5, name="test-beat"):
+        time.sleep(3.5)
+        optuna.storages.fail_stale_trials(study)
+        states = {t.number: t.state for t in study.get_trials()}
+    assert states == {kept.number: TrialState.RUNNING, silent.number: TrialState.FAIL}
+    beat = Heartbeat(storage, {trial_id(storage, "beat", kept.number): kept.number}, 0.5, name="test-beat")
+    study.tell(kept, 0.5)
+    beat.thread.join(timeout=10)
+    assert not beat.thread.is_alive()  # ended by itself: its trial is COMPLETE
 
 
 def test_the_storage_is_the_config_else_the_environment_else_optuna_db_at_the_root(tmp_path, monkeypatch):

@@ -26,10 +26,9 @@ import math
 import os
 import socket
 import sys
-import threading
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,7 @@ from ._space import Param, search_space
 from .config import SETTINGS, setting_error
 from .study import (
     STORAGE_ENV,
+    Heartbeat,
     SearchError,
     build_pruner,
     build_sampler,
@@ -435,34 +435,14 @@ class OptunaSearch:
             return False
         return None if alive(process["pid"], process.get("started")) else True
 
-    @contextmanager
     def _beating(self, numbers: list[int], study):
-        """The trials' heartbeats, recorded by this process while the block runs (their jobs are
-        being relaunched; each job beats again once it runs)."""
+        """The trials' heartbeats, kept by this process while the block runs (their jobs are being
+        relaunched; each job beats again once it runs)."""
         interval = self.settings.get("heartbeat_interval")
         if interval is None or not numbers:
-            yield
-            return
-        ids = [trial_id(self.storage, study.study_name, n) for n in numbers]
-        stop = threading.Event()
-
-        def beat() -> None:
-            while True:
-                for tid in ids:
-                    try:
-                        retrying(lambda tid=tid: self.storage.record_heartbeat(tid))
-                    except Exception as exc:  # a missed beat: the next one may land before the grace ends
-                        log.warning(f"heartbeat not recorded ({type(exc).__name__})")
-                if stop.wait(min(interval, 2)):
-                    return
-
-        thread = threading.Thread(target=beat, daemon=True, name="lost-trials-heartbeat")
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
+            return nullcontext()
+        trials = {trial_id(self.storage, study.study_name, n): n for n in numbers}
+        return Heartbeat(self.storage, trials, min(interval, 2), name="lost-trials-heartbeat")
 
     def _tell(self, study, trial, ret: JobReturn | None) -> None:
         """Tell the study how the trial's job ended when the job did not tell it itself."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -122,6 +123,48 @@ def heartbeat_options(heartbeat: Mapping[str, Any] | None) -> dict[str, Any]:
         "grace_period": grace,
         "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retries),
     }
+
+
+class Heartbeat:
+    """Optuna's heartbeat of trials, recorded by this process on a daemon thread every ``interval``
+    seconds for as long as each trial is RUNNING, until ``stop()`` (or the end of a ``with``
+    block). The job keeps its own trial's; the sweeper keeps those of the trials it relaunches.
+    ``trials`` maps each trial's storage id to its number (for the warning of a missed beat)."""
+
+    def __init__(self, storage, trials: Mapping[int, int], interval: float, name: str):
+        self.storage, self.trials, self.interval = storage, dict(trials), interval
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True, name=name)
+        self.thread.start()
+
+    def _run(self) -> None:
+        running = list(self.trials)
+        while running:
+            running = [tid for tid in running if self._beat(tid)]
+            if self._stop.wait(self.interval):
+                return
+
+    def _beat(self, tid: int) -> bool:
+        """One beat; False once the trial is no longer RUNNING."""
+        from optuna.trial import TrialState
+
+        try:
+            if retrying(lambda: self.storage.get_trial(tid)).state != TrialState.RUNNING:
+                return False
+            retrying(lambda: self.storage.record_heartbeat(tid))
+        except Exception as exc:  # a missed beat is not worth the training; the next one may land
+            _log.warning(f"trial {self.trials[tid]}: heartbeat not recorded ({type(exc).__name__})")
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join()
+
+    def __enter__(self) -> Heartbeat:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 # ---------------------------------------------------------------- samplers and pruners

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from typing import Any
 
 PARENT_ENV = "NNLAB_SWEEP_PARENT_RUN_ID"  # a grid sweep's parent run, for its jobs' processes
@@ -121,7 +120,7 @@ class JobTrial:
     def __init__(self, job, sweeper) -> None:
         import optuna
 
-        from hydra_plugins.nnlab_optuna_sweeper.study import METRICS, build_pruner, retrying, trial_id
+        from hydra_plugins.nnlab_optuna_sweeper.study import METRICS, Heartbeat, build_pruner, retrying, trial_id
         from nnlab.config.process import identity
 
         self.study_name, self.number = str(job.study), int(job.trial)
@@ -141,24 +140,9 @@ class JobTrial:
         if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("RANK", "0") == "0":
             retrying(lambda: self.trial.set_user_attr("process", identity()))  # whose loss the sweeper waits for
         self.pruned_epoch: int | None = None
-        self._stop = threading.Event()
         interval = sweeper.get("heartbeat_interval")
         if interval:
-            threading.Thread(target=self._beat, args=(int(interval),), daemon=True, name="trial-heartbeat").start()
-
-    def _beat(self, interval: int) -> None:
-        """Optuna's heartbeat of the trial while it runs (the sweeper recorded the first one)."""
-        from optuna.trial import TrialState
-
-        from hydra_plugins.nnlab_optuna_sweeper.study import retrying
-
-        while not self._stop.wait(interval):
-            try:
-                if retrying(lambda: self.storage.get_trial(self.trial_id)).state != TrialState.RUNNING:
-                    return
-                retrying(lambda: self.storage.record_heartbeat(self.trial_id))
-            except Exception as exc:  # a missed beat is not worth the training; the next one may land
-                _log.warning(f"trial {self.number}: heartbeat not recorded ({exc.__class__.__name__})")
+            Heartbeat(self.storage, {self.trial_id: self.number}, int(interval), name="trial-heartbeat")
 
     def judge(self, epoch: int, value: float, can_stop: bool = True) -> bool:
         """Report one epoch's validation metric; True when the pruner stops the trial (asked only
