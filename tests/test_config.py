@@ -47,6 +47,12 @@ def test_params_yaml_lists_the_config_files_each_experiment_reads(compose):
         ("model.activation=swish", "model.activation: must be one of relu, sigmoid, tanh, got 'swish'"),
         ("trainer.accelerator=tpu", "trainer.accelerator: must be one of auto, cpu, gpu, cuda, mps, got 'tpu'"),
         ("trainer.max_epochs=0", "trainer.max_epochs: must be > 0, got 0"),
+        (
+            "callbacks.model_checkpoint.monitor=val_acc",
+            "callbacks.model_checkpoint.monitor: must be one of val/loss, val/acc, train/loss, train/acc "
+            "(it chooses the best epoch), got 'val_acc'",
+        ),
+        ("callbacks.model_checkpoint.mode=best", "callbacks.model_checkpoint.mode: must be min or max"),
     ],
 )
 def test_validation_errors_name_the_key(compose, override, message):

@@ -253,6 +253,40 @@ def test_a_trial_is_pruned_only_while_epochs_are_left(tmp_path, max_epochs, prun
     assert sorted(reported) == list(range(1, (pruned_epoch or max_epochs) + 1))
 
 
+def test_a_trials_best_epoch_is_its_objectives_and_its_checkpoint_keeps_it(tmp_path):
+    """In a val_acc search a trial's value, train.json's best epoch and the checkpoint it keeps are
+    the epoch of its highest val_acc (the first, on a tie), not the lowest val_loss's that a single
+    run keeps by default: on the blobs, val_acc reaches its top epochs before val_loss does."""
+    import csv
+
+    from nnlab.models.checkpoint import read_checkpoint
+
+    project = make_project(tmp_path)
+    run = search(
+        project,
+        "hydra.sweeper.study_name=acc",
+        "hydra.sweeper.metric=val_acc",
+        "hydra.sweeper.direction=maximize",
+        "hydra.sweeper.n_trials=2",
+        "hydra/sweeper/pruner=none",
+        "trainer.max_epochs=6",
+    )
+    assert run.returncode == 0, run.stderr
+    earlier = 0
+    for trial in study(project, "acc").trials:
+        run_dir = Path(trial.user_attrs["run_dir"])
+        rows = list(csv.DictReader((run_dir / "plots" / "history.csv").open()))
+        top = max(float(r["val_acc"]) for r in rows)
+        first_top = next(int(r["epoch"]) for r in rows if float(r["val_acc"]) == top)
+        lowest_loss = min(rows, key=lambda r: float(r["val_loss"]))["epoch"]
+        train = json.loads((run_dir / "metrics" / "train.json").read_text())
+        assert trial.value == train["best_val_acc"] == top
+        assert train["best_epoch"] == first_top
+        assert read_checkpoint(run_dir / "models" / "best.ckpt")["epoch"] + 1 == first_top  # Lightning counts from 0
+        earlier += first_top < int(lowest_loss)
+    assert earlier, "no trial told the two rules apart"
+
+
 def test_a_failing_trial_does_not_stop_the_search(mixed):
     _, run, s, kids = mixed
     failed = by_lr(s, -1)

@@ -50,6 +50,7 @@ from nnlab.tracking.sweep import SweepParent
 from ._space import Param, search_space
 from .config import SETTINGS, setting_error
 from .study import (
+    METRICS,
     STORAGE_ENV,
     Heartbeat,
     SearchError,
@@ -339,10 +340,13 @@ class OptunaSearch:
                 retrying(lambda t=trial: study.tell(t, state=TrialState.FAIL, skip_if_finished=True))
         return failed
 
-    @staticmethod
-    def _job_overrides(trial_overrides: list[str], settings: dict[str, Any]) -> list[str]:
+    def _job_overrides(self, trial_overrides: list[str], settings: dict[str, Any]) -> list[str]:
+        monitor, direction = METRICS[self.metric]
         return [
             *trial_overrides,
+            # A trial's best epoch (the checkpoint it keeps, train.json's best_*, its value) is the objective's.
+            f"callbacks.model_checkpoint.monitor={monitor}",
+            f"callbacks.model_checkpoint.mode={'max' if direction == 'maximize' else 'min'}",
             f"hydra.sweep.subdir=trial_{settings['trial']}",
             "hydra.sweeper.job={" + ",".join(f"{k}:{_quoted(str(v))}" for k, v in settings.items()) + "}",
         ]

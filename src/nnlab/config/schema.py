@@ -463,6 +463,10 @@ GROUPS = tuple(SCHEMAS) + tuple(PLAIN_GROUPS)
 CALLBACK_PREFIX = "lightning.pytorch.callbacks."
 
 
+# The epoch metrics a checkpoint may monitor (what the module logs), and their history columns.
+MONITORED = {"val/loss": "val_loss", "val/acc": "val_acc", "train/loss": "train_loss", "train/acc": "train_acc"}
+
+
 def _check_callbacks(node: Any) -> None:
     """``callbacks``: name -> a Lightning callback config (or null to drop it); the checkpoint is required."""
     check(isinstance(node, DictConfig), "callbacks", "must be a mapping of name: {_target_: ...}; see conf/callbacks/")
@@ -478,6 +482,13 @@ def _check_callbacks(node: Any) -> None:
         "callbacks.model_checkpoint",
         "is required: it keeps the best epoch's checkpoint",
     )
+    checkpoint = node.model_checkpoint
+    check(
+        checkpoint.get("monitor") in MONITORED,
+        "callbacks.model_checkpoint.monitor",
+        f"must be one of {', '.join(MONITORED)} (it chooses the best epoch), got {checkpoint.get('monitor')!r}",
+    )
+    check(checkpoint.get("mode") in ("min", "max"), "callbacks.model_checkpoint.mode", "must be min or max")
 
 
 def _allowed(schema: type, key: str = "") -> str:

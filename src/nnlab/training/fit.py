@@ -28,7 +28,7 @@ from nnlab.report.tables import six_digits
 from nnlab.training import blocks, numpy_loop
 from nnlab.training import slurm as slurm_job
 from nnlab.training.checkpoint_io import AtomicCheckpointIO
-from nnlab.training.history import EpochHistory
+from nnlab.training.history import EpochHistory, best_epoch_rule
 
 # config.yaml is written into the checkpoint folder before Lightning's first checkpoint.
 warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
@@ -280,7 +280,7 @@ class NumpyFitter(Fitter):
 def run_summary(cfg: DictConfig, history: EpochHistory, parameters: int, seconds: float) -> dict:
     """train.json: the run's best epoch, timings and size; numbers only (DVC shows every field
     of a metrics file as a column; the run's name and settings are in params.yaml beside it)."""
-    best, rows = history.best(), history.rows
+    best, rows = history.best(*best_epoch_rule(cfg)), history.rows
 
     def mean(key):
         return sum(r[key] for r in rows) / max(len(rows), 1)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning as L
 
+from nnlab.config.schema import MONITORED
 from nnlab.errors import NnlabError
 from nnlab.report.tables import write_rows
 
@@ -23,6 +24,14 @@ COLUMNS = (
     "train_seconds",
     "samples_per_second",
 )
+
+
+def best_epoch_rule(cfg) -> tuple[str, str]:
+    """(history column, "min" or "max"): how the best epoch is chosen, from the checkpoint's
+    ``monitor`` and ``mode`` (conf/callbacks; a search sets them to its objective). One rule for
+    the epoch the checkpoint keeps, train.json's ``best_*``, a trial's value and the NumPy loop."""
+    spec = cfg.callbacks.model_checkpoint
+    return MONITORED[spec.monitor], spec.mode
 
 
 class TrainingDiverged(NnlabError, RuntimeError):
@@ -107,10 +116,12 @@ class EpochHistory(L.Callback):
         self._pending = list(self.rows)  # sinks skip what they already have (see tracking.record)
         self.flush()
 
-    def best(self) -> dict:
-        """The epoch the checkpoint keeps: lowest validation loss."""
-        scored = [r for r in self.rows if r["val_loss"] is not None]
-        return min(scored, key=lambda r: r["val_loss"]) if scored else {}
+    def best(self, column: str = "val_loss", mode: str = "min") -> dict:
+        """The epoch the checkpoint keeps (``best_epoch_rule``): the first with the lowest (min) or
+        highest (max) value of ``column``, as Lightning's ModelCheckpoint keeps the first of a tie."""
+        scored = [r for r in self.rows if r[column] is not None]
+        pick = min if mode == "min" else max
+        return pick(scored, key=lambda r: r[column]) if scored else {}
 
     def write_csv(self, path: Path) -> None:
         write_rows(path, self.rows, COLUMNS)

@@ -13,6 +13,7 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from nnlab.models.numpy_mlp import NumpyMLP
+from nnlab.training.history import best_epoch_rule
 
 TARGET = "nnlab.models.numpy_mlp.NumpyMLP"
 
@@ -64,14 +65,16 @@ def _score(mlp: NumpyMLP, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 
 def fit(cfg: DictConfig, datamodule, on_epoch) -> tuple[NumpyMLP, list[dict]]:
-    """Train ``cfg.trainer.max_epochs`` epochs; keep the weights of the lowest validation loss.
+    """Train ``cfg.trainer.max_epochs`` epochs; keep the weights of the best epoch (``best_epoch_rule``:
+    the checkpoint's monitor and mode, as in the Lightning path).
 
     ``on_epoch(row)`` gets each epoch's history row (the same columns as the Lightning path)."""
     datamodule.setup("fit")
     (x_train, y_train), (x_val, y_val) = ((t.numpy() for t in datamodule.inputs(s)) for s in ("train", "val"))
     mlp = instantiate(cfg.model)
     rng = np.random.default_rng(cfg.seed)
-    rows, best, best_state = [], float("inf"), mlp.state_dict()
+    column, mode = best_epoch_rule(cfg)
+    rows, best, best_state = [], None, mlp.state_dict()
     # One BLAS thread: per-sample steps are tiny, and threads only fight over the cores.
     with threadpool_limits(limits=1):
         for epoch in range(1, cfg.trainer.max_epochs + 1):
@@ -92,8 +95,8 @@ def fit(cfg: DictConfig, datamodule, on_epoch) -> tuple[NumpyMLP, list[dict]]:
             }
             rows.append(row)
             on_epoch(row)
-            if val_loss < best:
-                best, best_state = val_loss, mlp.state_dict()
+            if best is None or (row[column] < best if mode == "min" else row[column] > best):
+                best, best_state = row[column], mlp.state_dict()
     mlp.load_state_dict(best_state)
     return mlp, rows
 
