@@ -276,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     root = find_root()
     out = args.out or root / "docs"
     try:
+        out.mkdir(parents=True, exist_ok=True)
         uri = tracking_uri()
         port = free_port()
         base = f"http://127.0.0.1:{port}"
