@@ -287,6 +287,31 @@ def test_a_trials_best_epoch_is_its_objectives_and_its_checkpoint_keeps_it(tmp_p
     assert earlier, "no trial told the two rules apart"
 
 
+def test_the_report_gives_a_pruned_trial_its_best_epoch_not_its_last(tmp_path):
+    """Optuna keeps a pruned trial's last reported value; the report shows its best epoch's by the
+    objective, the number its MLflow run holds as best_<metric>, and ranks by it."""
+    from nnlab.report.search import write_search_report
+
+    s = optuna.create_study(direction="maximize")
+    s.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.9, intermediate_values={1: 0.8, 2: 0.9}))
+    s.add_trial(
+        optuna.trial.create_trial(
+            params={}, distributions={}, state=TrialState.PRUNED, intermediate_values={1: 0.85, 2: 0.95, 3: 0.5}
+        )
+    )
+    s.add_trial(
+        optuna.trial.create_trial(params={}, distributions={}, state=TrialState.PRUNED, intermediate_values={1: 0.7})
+    )
+    summary = {
+        "study": "s", "metric": "val_acc", "direction": "maximize", "storage": "sqlite:///optuna.db",
+        "sampler": "TPESampler", "pruner": "MedianPruner", "trials": 3,
+        "counts": {"complete": 1, "pruned": 2, "fail": 0}, "best": None,
+    }  # fmt: skip
+    report = write_search_report(s, summary, tmp_path)[0].read_text()
+    rows = [line.split(" | ")[:4] for line in report.splitlines() if re.match(r"\| \d+ \| ", line)]
+    assert rows == [["| 0", "complete", "0.9", "2"], ["| 1", "pruned", "0.95", "3"], ["| 2", "pruned", "0.7", "1"]]
+
+
 def test_a_failing_trial_does_not_stop_the_search(mixed):
     _, run, s, kids = mixed
     failed = by_lr(s, -1)

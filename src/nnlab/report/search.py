@@ -95,6 +95,16 @@ def _cell(value) -> str:
     return "" if value is None else str(value).replace("|", "\\|")
 
 
+def best_epoch_value(trial, direction: str) -> float | None:
+    """A trial's value by its best epoch: a complete trial's value; for a pruned one the best of the
+    epochs it reported (Optuna keeps its last), as its run's ``best_<metric>`` in MLflow."""
+    import optuna
+
+    if trial.state == optuna.trial.TrialState.COMPLETE or not trial.intermediate_values:
+        return trial.value
+    return (max if direction == "maximize" else min)(trial.intermediate_values.values())
+
+
 def write_search_report(study, summary: dict, folder: Path, root: Path | None = None) -> list[Path]:
     """Writes the report and its plots; returns their paths, the Markdown file first. ``root``:
     the project root, which a storage file below it is written relative to."""
@@ -133,9 +143,10 @@ def write_search_report(study, summary: dict, folder: Path, root: Path | None = 
     params = sorted({k for t in trials for k in t.params})
     sign = -1 if summary["direction"] == "maximize" else 1
     order = {optuna.trial.TrialState.COMPLETE: 0, optuna.trial.TrialState.PRUNED: 1}
+    value = {t.number: best_epoch_value(t, summary["direction"]) for t in trials}
     ranked = sorted(
         trials,
-        key=lambda t: (order.get(t.state, 2), sign * t.value if t.value is not None else 0, t.number),
+        key=lambda t: (order.get(t.state, 2), sign * value[t.number] if value[t.number] is not None else 0, t.number),
     )
     lines += [
         "",
@@ -149,7 +160,7 @@ def write_search_report(study, summary: dict, folder: Path, root: Path | None = 
         cells = [
             t.number,
             t.state.name.lower(),
-            t.value,
+            value[t.number],
             t.last_step,
             *(t.params.get(p) for p in params),
             seconds,
