@@ -34,6 +34,14 @@ def best_epoch_rule(cfg) -> tuple[str, str]:
     return MONITORED[spec.monitor], spec.mode
 
 
+def best_row(rows: list[dict], column: str, mode: str) -> dict:
+    """The first row with the lowest (min) or highest (max) value of ``column``, as Lightning's
+    ModelCheckpoint keeps the first of a tie; {} when none has a value."""
+    scored = [r for r in rows if r[column] is not None]
+    pick = min if mode == "min" else max
+    return pick(scored, key=lambda r: r[column]) if scored else {}
+
+
 class TrainingDiverged(NnlabError, RuntimeError):
     """The loss became nan or inf: the run stops and ends FAILED, and no model is logged."""
 
@@ -117,11 +125,8 @@ class EpochHistory(L.Callback):
         self.flush()
 
     def best(self, column: str = "val_loss", mode: str = "min") -> dict:
-        """The epoch the checkpoint keeps (``best_epoch_rule``): the first with the lowest (min) or
-        highest (max) value of ``column``, as Lightning's ModelCheckpoint keeps the first of a tie."""
-        scored = [r for r in self.rows if r[column] is not None]
-        pick = min if mode == "min" else max
-        return pick(scored, key=lambda r: r[column]) if scored else {}
+        """The epoch the checkpoint keeps (``best_epoch_rule``)."""
+        return best_row(self.rows, column, mode)
 
     def write_csv(self, path: Path) -> None:
         write_rows(path, self.rows, COLUMNS)

@@ -13,7 +13,7 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from nnlab.models.numpy_mlp import NumpyMLP
-from nnlab.training.history import best_epoch_rule
+from nnlab.training.history import best_epoch_rule, best_row
 
 TARGET = "nnlab.models.numpy_mlp.NumpyMLP"
 
@@ -74,7 +74,7 @@ def fit(cfg: DictConfig, datamodule, on_epoch) -> tuple[NumpyMLP, list[dict]]:
     mlp = instantiate(cfg.model)
     rng = np.random.default_rng(cfg.seed)
     column, mode = best_epoch_rule(cfg)
-    rows, best, best_state = [], None, mlp.state_dict()
+    rows, best_state = [], mlp.state_dict()
     # One BLAS thread: per-sample steps are tiny, and threads only fight over the cores.
     with threadpool_limits(limits=1):
         for epoch in range(1, cfg.trainer.max_epochs + 1):
@@ -95,8 +95,8 @@ def fit(cfg: DictConfig, datamodule, on_epoch) -> tuple[NumpyMLP, list[dict]]:
             }
             rows.append(row)
             on_epoch(row)
-            if best is None or (row[column] < best if mode == "min" else row[column] > best):
-                best, best_state = row[column], mlp.state_dict()
+            if best_row(rows, column, mode) is row:
+                best_state = mlp.state_dict()
     mlp.load_state_dict(best_state)
     return mlp, rows
 
